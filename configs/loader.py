@@ -1,0 +1,144 @@
+"""Compose a run config: schema defaults <- YAML (with ``_base_`` includes) <- ``key=value`` overrides.
+
+Unknown keys and wrong types raise :class:`ConfigError` naming the key and the closest valid one,
+before any work starts.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from configs.schema import PretrainConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent
+BASE_KEY = "_base_"
+
+
+class ConfigError(ValueError):
+    """A config the schema rejects; the message says which key and what to do."""
+
+
+def _read_yaml(path: Path, seen: tuple = ()) -> DictConfig:
+    if not path.is_file():
+        candidates = sorted(p.relative_to(CONFIG_DIR).as_posix() for p in CONFIG_DIR.rglob("*.yaml"))
+        raise ConfigError(f"config file not found: {path}. Available configs under {CONFIG_DIR}: {', '.join(candidates)}")
+    if path.resolve() in seen:
+        raise ConfigError(f"config include cycle through {path}")
+    node = OmegaConf.load(path)
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path} must hold a mapping at the top level")
+    base = node.pop(BASE_KEY, None)
+    if base is None:
+        return node
+    parent = _read_yaml((path.parent / str(base)).resolve(), seen + (path.resolve(),))
+    return OmegaConf.merge(parent, node)
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """Accept a path, or a name relative to ``configs/`` with or without ``.yaml``."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    for candidate in (CONFIG_DIR / path, CONFIG_DIR / f"{path}.yaml", CONFIG_DIR / "pretrain" / f"{path}.yaml"):
+        if candidate.is_file():
+            return candidate
+    return path
+
+
+def valid_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            full = f"{prefix}{key}"
+            keys.append(full)
+            child = node._get_node(key)
+            if isinstance(child, DictConfig) and child._metadata.object_type not in (None, dict):
+                keys.extend(valid_keys(child, f"{full}."))
+    return keys
+
+
+def _suggest(key: str, choices: Iterable[str]) -> str:
+    choices = list(choices)
+    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.5)
+    if not close:  # compare the last component only, within the same section
+        section, _, leaf = key.rpartition(".")
+        same_section = [c for c in choices if c.rpartition(".")[0] == section]
+        leaves = difflib.get_close_matches(leaf, [c.rpartition(".")[2] for c in same_section], n=1, cutoff=0.5)
+        close = [f"{section}.{leaves[0]}" if section else leaves[0]] if leaves else []
+    return f" Did you mean `{close[0]}`?" if close else ""
+
+
+def _expected_type(schema: DictConfig, key: str) -> str:
+    section, _, leaf = key.rpartition(".")
+    try:
+        parent = OmegaConf.select(schema, section) if section else schema
+        ref_type = parent._get_node(leaf)._metadata.ref_type
+    except Exception:  # noqa: BLE001 - best effort for the message only
+        return "another type"
+    return getattr(ref_type, "__name__", str(ref_type).replace("typing.", ""))
+
+
+def _merge_checked(schema: DictConfig, layer: DictConfig, origin: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(schema, layer)
+    except (ConfigKeyError, ConfigAttributeError) as err:
+        key = err.full_key or str(err.key)
+        raise ConfigError(f"unknown config key `{key}` (from {origin}).{_suggest(key, valid_keys(schema))}") from None
+    except ValidationError as err:
+        key = err.full_key or str(err.key)
+        raise ConfigError(
+            f"wrong type for config key `{key}` (from {origin}): {err.msg.splitlines()[0]}. "
+            f"`{key}` expects {_expected_type(schema, key)}."
+        ) from None
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"invalid config (from {origin}): {err}") from None
+
+
+def parse_overrides(overrides: Sequence[str]) -> DictConfig:
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"command-line overrides must look like key=value, got: {' '.join(bad)}")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"could not parse overrides {list(overrides)}: {err}") from None
+
+
+def load_config(
+    path: str | Path | None,
+    overrides: Sequence[str] = (),
+    method_schemas: Optional[Mapping[str, type]] = None,
+    schema: type = PretrainConfig,
+) -> DictConfig:
+    """Return the validated config. ``method_schemas`` maps ``method.name`` to its dataclass."""
+    file_layer = _read_yaml(resolve_config_path(path)) if path else OmegaConf.create()
+    cli_layer = parse_overrides(overrides)
+    base = OmegaConf.structured(schema)
+    if method_schemas is not None and "method" in base:
+        name = OmegaConf.select(cli_layer, "method.name") or OmegaConf.select(file_layer, "method.name") or base.method.name
+        if name not in method_schemas:
+            raise ConfigError(
+                f"unknown method.name `{name}`.{_suggest(str(name), method_schemas)} Known methods: {', '.join(sorted(method_schemas))}"
+            )
+        base.method = OmegaConf.structured(method_schemas[name])
+    merged = _merge_checked(base, file_layer, str(path) if path else "defaults")
+    merged = _merge_checked(merged, cli_layer, "the command line")
+    try:
+        OmegaConf.resolve(merged)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"could not resolve an interpolation in the config: {err}") from None
+    OmegaConf.set_readonly(merged, False)
+    return merged
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def to_plain(cfg: DictConfig | ListConfig) -> Any:
+    """Plain python containers (safe to store in a ``weights_only`` checkpoint)."""
+    return OmegaConf.to_container(cfg, resolve=True)

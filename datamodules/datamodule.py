@@ -1,0 +1,88 @@
+"""The pretraining DataModule: CPU side decodes and stacks; views are made on the device."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from datamodules.augment import EvalTransform, ViewAugmenter
+from datamodules.datasets import ImageDataset, LabeledImages, collate_batched, per_class_rows, split_off_validation
+from datamodules.discovery import load_split
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataInfo:
+    """What a model needs to know about the data to build its heads and memories."""
+
+    num_train: int
+    num_fine: int
+    num_coarse: int  # 0 when there is no hierarchy
+    class_names: list[str]
+    superclass_names: list[str]
+    fine_to_coarse: list[int]  # per fine class, its superclass id (empty without hierarchy)
+
+
+class PretrainDataModule(pl.LightningDataModule):
+    def __init__(self, data_cfg, augment_cfg):
+        super().__init__()
+        self.cfg, self.augment_cfg = data_cfg, augment_cfg
+        self.train_set = self.val_set = self.test_set = None
+        self.augment = ViewAugmenter(augment_cfg)
+        self.eval_transform = EvalTransform(augment_cfg)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        cfg = self.cfg
+        train, val = split_off_validation(load_split(cfg, "train"), cfg.val_fraction, cfg.seed)
+        test = load_split(cfg, "test")
+        train = train.take(per_class_rows(train.fine, cfg.subset, cfg.seed))
+        if cfg.eval_subset:
+            test = test.take(per_class_rows(test.fine, cfg.eval_subset, cfg.seed))
+            val = val.take(per_class_rows(val.fine, cfg.eval_subset, cfg.seed)) if val is not None else None
+        self.train_set, self.test_set = ImageDataset(train), ImageDataset(test)
+        self.val_set = ImageDataset(val) if val is not None else None
+        log.info("data: %d train, %s val, %d test images", len(train), len(val) if val is not None else 0, len(test))
+
+    @property
+    def info(self) -> DataInfo:
+        train: LabeledImages = self.train_set.data
+        table = np.full(len(train.class_names), -1)
+        known = train.coarse >= 0
+        table[train.fine[known]] = train.coarse[known]
+        return DataInfo(
+            num_train=len(train), num_fine=len(train.class_names), num_coarse=len(train.superclass_names),
+            class_names=train.class_names, superclass_names=train.superclass_names,
+            fine_to_coarse=table.tolist() if train.superclass_names else [],
+        )
+
+    def _loader(self, dataset, batch_size: int, train: bool) -> DataLoader:
+        workers = self.cfg.num_workers
+        return DataLoader(
+            dataset, batch_size=batch_size, shuffle=train, drop_last=train, num_workers=workers,
+            pin_memory=self.cfg.pin_memory, persistent_workers=self.cfg.persistent_workers and workers > 0,
+            collate_fn=collate_batched,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.cfg.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Online-probe evaluation: the held-out validation split when there is one, else test."""
+        return self._loader(self.val_set or self.test_set, self.cfg.eval_batch_size, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, self.cfg.eval_batch_size, train=False)
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int = 0) -> dict:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.training:
+            batch["views"] = self.augment(batch["image"])
+        else:
+            batch["eval_view"] = self.eval_transform(batch["image"])
+        return batch
