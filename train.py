@@ -1,0 +1,70 @@
+"""Pretrain a backbone: ``python train.py [CONFIG.yaml] [key=value ...] [--print-config]``.
+
+Without a config it runs the default experiment. See README.md for the configs and options.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+DEFAULT_CONFIG = "configs/pretrain/simclr_cifar10.yaml"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", nargs="?", default=None, help=f"YAML config (default: {DEFAULT_CONFIG})")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.5 trainer.devices=4")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    args = parser.parse_args(argv)
+    if args.config and "=" in args.config:  # only overrides were given
+        args.overrides.insert(0, args.config)
+        args.config = None
+    args.config = args.config or str(Path(__file__).resolve().parent / DEFAULT_CONFIG)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from configs.loader import ConfigError, load_config, to_plain, to_yaml
+    from lightning_modules.registry import method_class, method_schemas
+    from lightning_modules.runs import build_trainer, check_trainer_keys, find_resume_checkpoint, prepare_run_dir
+
+    try:
+        cfg = load_config(args.config, args.overrides, method_schemas())
+        check_trainer_keys(cfg.trainer)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(to_yaml(cfg))
+        return 0
+
+    import pytorch_lightning as pl
+
+    from datamodules import DataError, PretrainDataModule
+
+    pl.seed_everything(cfg.seed, workers=True)
+    run_name = cfg.run_name or Path(args.config).stem
+    datamodule = PretrainDataModule(cfg.data, cfg.augment)
+    try:
+        datamodule.setup("fit")
+    except DataError as err:
+        print(f"data error: {err}", file=sys.stderr)
+        return 1
+    model = method_class(cfg.method.name)(to_plain(cfg), asdict(datamodule.info))
+    resume_from = find_resume_checkpoint(cfg, run_name)
+    run_dir = prepare_run_dir(cfg, run_name, resume_from)
+    trainer = build_trainer(cfg, run_dir, run_name)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    if trainer.global_rank == 0:
+        print(f"run directory: {run_dir}\ncheckpoint: {run_dir / 'checkpoints' / 'last.ckpt'}")
+        print(f"evaluate with: python evaluate.py {run_dir / 'checkpoints' / 'last.ckpt'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

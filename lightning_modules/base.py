@@ -1,0 +1,162 @@
+"""The base of every pretraining method: backbone, online probes, optimiser and schedule.
+
+A method subclasses :class:`PretrainModule`, builds its heads in ``__init__`` and implements
+``training_loss(batch, feats)``; everything else lives here.
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics.classification import MulticlassAccuracy
+
+from configs.schema import MethodConfig
+from lightning_modules.backbone import build_backbone
+from lightning_modules.heads import mlp
+from lightning_modules.optim import build_optimizer, param_groups, scaled_lr, warmup_cosine
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+class PretrainModule(pl.LightningModule):
+    Config = MethodConfig  # each method declares its own hyper-parameter dataclass
+    zero_lr_epochs = 0  # epochs at lr 0 before training (CoKe's clustering initialisation)
+
+    def __init__(self, cfg: dict, data_info: dict):
+        super().__init__()
+        self.save_hyperparameters({"cfg": cfg, "data_info": data_info})  # plain containers: weights_only-safe
+        self.cfg = OmegaConf.create(cfg)
+        self.data_info = data_info
+        model_cfg = self.cfg.model
+        self.backbone, self.feat_dim = build_backbone(model_cfg.backbone, model_cfg.cifar_stem, **model_cfg.kwargs)
+        self.probes = nn.ModuleDict({"fine": nn.Linear(self.feat_dim, data_info["num_fine"])})
+        if data_info["num_coarse"]:
+            self.probes["coarse"] = nn.Linear(self.feat_dim, data_info["num_coarse"])
+        self.val_acc = nn.ModuleDict({
+            level: MulticlassAccuracy(probe.out_features, top_k=1, average="micro")
+            for level, probe in self.probes.items()
+        })
+
+    # ---- pieces a method builds on -------------------------------------------------------
+    def projector(self, out_dim: int | None = None, last_bn: bool = False) -> nn.Module:
+        m = self.cfg.model
+        return mlp(self.feat_dim, m.proj_hidden_dim, out_dim or m.proj_output_dim, m.proj_layers, last_bn)
+
+    def predictor(self, dim: int | None = None) -> nn.Module:
+        m = self.cfg.model
+        dim = dim or m.proj_output_dim
+        return mlp(dim, m.pred_hidden_dim or 4 * dim, dim, 2)
+
+    @property
+    def method_cfg(self):
+        return self.cfg.method
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.cfg.model.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.backbone(images)
+
+    def encode_views(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Backbone features per view, one forward per resolution (multi-crop friendly)."""
+        feats: list[torch.Tensor | None] = [None] * len(views)
+        sizes = sorted({v.shape[-1] for v in views}, reverse=True)
+        for size in sizes:
+            ids = [i for i, v in enumerate(views) if v.shape[-1] == size]
+            out = self(torch.cat([views[i] for i in ids])).chunk(len(ids))
+            for i, f in zip(ids, out):
+                feats[i] = f
+        return feats
+
+    def training_loss(self, batch: dict, feats: list[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    # ---- training ------------------------------------------------------------------------
+    def online_probe_loss(self, feats: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Linear probes on detached features: they learn, the backbone gets no gradient from them."""
+        feats = feats.detach().float()
+        total = feats.new_zeros(())
+        for level, probe in self.probes.items():
+            labels = batch[level]
+            logits = probe(feats)
+            valid = labels >= 0
+            loss = F.cross_entropy(logits[valid], labels[valid]) if valid.any() else logits.sum() * 0
+            acc = (logits.argmax(1)[valid] == labels[valid]).float().mean() if valid.any() else loss * 0
+            self.log(f"online/train_{level}_acc1", acc, on_step=True, on_epoch=False)
+            total = total + loss
+        return total
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        views = batch["views"]
+        feats = self.encode_views(views)
+        loss = self.training_loss(batch, feats)
+        self.check_finite(loss)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss + self.online_probe_loss(feats[0], batch)
+
+    def check_finite(self, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss).item():
+            raise NonFiniteLossError(
+                f"loss became {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}). "
+                "The run stopped; the last good checkpoint (last.ckpt, saved before this epoch) is kept. "
+                "Lower optim.lr, raise optim.warmup_epochs, or try trainer.precision=32, then resume=<that checkpoint>"
+            )
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        feats = self(batch["eval_view"]).float()
+        for level, probe in self.probes.items():
+            labels = batch[level]
+            valid = labels >= 0
+            if valid.any():
+                self.val_acc[level].update(probe(feats[valid]), labels[valid])
+
+    def on_validation_epoch_end(self) -> None:
+        for level, metric in self.val_acc.items():
+            if metric.update_count:
+                self.log(f"online/{level}_acc1", metric.compute(), prog_bar=level == "fine", sync_dist=False)
+            metric.reset()
+
+    # ---- optimiser -----------------------------------------------------------------------
+    def global_batch_size(self) -> int:
+        trainer = self.trainer
+        return self.cfg.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+
+    def configure_optimizers(self):
+        optim_cfg = self.cfg.optim
+        global_batch = self.global_batch_size()
+        lr = scaled_lr(optim_cfg.lr, global_batch, optim_cfg.scale_lr)
+        groups, probe_params = param_groups(self, optim_cfg.weight_decay, optim_cfg.exclude_bias_and_norm)
+        groups.append({"params": probe_params, "weight_decay": 0.0, "lr": optim_cfg.probe_lr, "name": "probes"})
+        for group in groups:
+            group.setdefault("lr", lr)
+        optimizer = build_optimizer(optim_cfg, groups, lr, on_cuda=self.device.type == "cuda")
+        total = int(self.trainer.estimated_stepping_batches)
+        steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        schedule = partial(
+            warmup_cosine, total_steps=total, warmup_steps=int(optim_cfg.warmup_epochs * steps_per_epoch),
+            zero_steps=self.zero_lr_epochs * steps_per_epoch, min_ratio=optim_cfg.min_lr_ratio,
+        )
+        self.lr_scaling = {"global_batch": global_batch, "base_lr": optim_cfg.lr, "lr": lr, "scaled": optim_cfg.scale_lr}
+        scheduler = LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        info = getattr(self, "lr_scaling", {})
+        if self.logger is not None and info:
+            self.logger.log_hyperparams({f"optim/{k}": v for k, v in info.items()})
+        self.print(
+            f"global batch {info.get('global_batch')}: lr = {info.get('base_lr')} x {info.get('global_batch')}/256"
+            f" = {info.get('lr')}" if info.get("scaled") else f"lr {info.get('lr')} (not batch-scaled)"
+        )
+
+    def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:
+        if batch_idx % max(1, self.cfg.logger.log_every_n_steps) == 0:
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])

@@ -1,0 +1,85 @@
+"""Loggers: W&B (offline when there is no login or no network; never waits) plus a local CSV record."""
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+import socket
+from pathlib import Path
+
+from pytorch_lightning.loggers import CSVLogger, Logger
+
+log = logging.getLogger(__name__)
+WANDB_HOST = "api.wandb.ai"
+
+
+def _has_wandb_login() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators(WANDB_HOST) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def _reachable(host: str, port: int = 443, timeout: float = 2.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wandb_mode(requested: str = "auto") -> str:
+    """online | offline. ``WANDB_MODE`` wins; ``auto`` goes offline without a login or a reachable server."""
+    env = os.environ.get("WANDB_MODE", "")
+    if env in ("offline", "disabled", "dryrun"):
+        return "offline"
+    if requested in ("online", "offline"):
+        return requested
+    if not _has_wandb_login():
+        log.info("W&B: no login found, logging offline (sync later with `wandb sync <run>/wandb/offline-run-*`)")
+        return "offline"
+    if not _reachable(WANDB_HOST):
+        log.warning("W&B: %s unreachable, logging offline (sync later with `wandb sync`)", WANDB_HOST)
+        return "offline"
+    return "online"
+
+
+def build_loggers(cfg, run_dir: Path, run_name: str, config: dict) -> list[Logger]:
+    loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
+    if cfg.kind == "none":
+        return []
+    if cfg.kind == "wandb":
+        try:
+            from pytorch_lightning.loggers import WandbLogger
+            import wandb  # noqa: F401
+        except ImportError:
+            log.warning("wandb is not installed; logging to CSV only (pip install wandb to get dashboards)")
+            return loggers
+        mode = wandb_mode(cfg.mode)
+        os.environ.setdefault("WANDB_SILENT", "true")
+        wandb_logger = WandbLogger(
+            project=cfg.project, entity=cfg.entity or None, name=run_name, save_dir=str(run_dir),
+            offline=mode == "offline", config=config, settings=_wandb_settings(),
+        )
+        loggers.append(wandb_logger)
+    elif cfg.kind != "csv":
+        raise ValueError(f"unknown logger.kind `{cfg.kind}`; use wandb, csv or none")
+    return loggers
+
+
+def _wandb_settings():
+    import wandb
+
+    return wandb.Settings(init_timeout=30, console="off", x_disable_stats=True) if _settings_ok() else None
+
+
+def _settings_ok() -> bool:
+    import wandb
+
+    try:
+        wandb.Settings(init_timeout=30, console="off", x_disable_stats=True)
+        return True
+    except Exception:  # noqa: BLE001 - older wandb without these settings
+        return False

@@ -1,0 +1,57 @@
+"""Optimisers (SGD, LARS, AdamW), parameter groups and the per-iteration warm-up + cosine schedule."""
+from __future__ import annotations
+
+import math
+
+import torch
+from timm.optim import Lars
+from torch import nn
+
+
+def param_groups(model: nn.Module, weight_decay: float, exclude_bias_and_norm: bool, probe_prefixes=("probes.",)):
+    """Backbone/heads with decay, biases and norm weights without, online probes in their own group."""
+    decay, no_decay, probes = [], [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name.startswith(probe_prefixes):
+            probes.append(param)
+        elif exclude_bias_and_norm and param.ndim <= 1:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay, "name": "decay"},
+        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+    ]
+    return [g for g in groups if g["params"]], probes
+
+
+def scaled_lr(base_lr: float, global_batch: int, scale: bool) -> float:
+    return base_lr * global_batch / 256 if scale else base_lr
+
+
+def build_optimizer(cfg, groups: list[dict], lr: float, on_cuda: bool) -> torch.optim.Optimizer:
+    impl = {} if cfg.implementation in ("auto", "default") else {cfg.implementation: True}
+    if cfg.implementation == "auto" and on_cuda and cfg.name in ("sgd", "adamw"):
+        impl = {"fused": True}
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, **impl)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), **impl)
+    if cfg.name == "lars":
+        # LARS adaptation is skipped for groups with weight_decay 0 (biases, norms, probes).
+        return Lars(groups, lr=lr, momentum=cfg.momentum)
+    raise ValueError(f"unknown optim.name `{cfg.name}`; use sgd, lars or adamw")
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int, zero_steps: int = 0, min_ratio: float = 0.0) -> float:
+    """LR multiplier: 0 for ``zero_steps`` (clustering initialisation), linear warm-up, then cosine."""
+    if step < zero_steps:
+        return 0.0
+    step -= zero_steps
+    total = max(1, total_steps - zero_steps)
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))

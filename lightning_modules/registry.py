@@ -1,0 +1,19 @@
+"""Method name -> LightningModule class. A new method is one file plus one line here."""
+from __future__ import annotations
+
+import importlib
+
+METHODS = {
+    "simclr": "lightning_modules.simclr:SimCLR",
+}
+
+
+def method_class(name: str):
+    if name not in METHODS:
+        raise KeyError(f"unknown method `{name}`; known: {', '.join(sorted(METHODS))}")
+    module, cls = METHODS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def method_schemas() -> dict[str, type]:
+    return {name: method_class(name).Config for name in METHODS}

@@ -1,0 +1,75 @@
+"""Run directories, resume and the Trainer: everything ``train.py`` wires together."""
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+
+from configs.loader import ConfigError, to_plain, to_yaml
+from lightning_modules.callbacks import Throughput, ViewGrid
+from lightning_modules.loggers import build_loggers
+
+log = logging.getLogger(__name__)
+CONFIG_FILE = "config.yaml"
+
+
+def check_trainer_keys(trainer_cfg: dict) -> None:
+    """Unknown ``trainer.*`` keys fail before any work, like the rest of the config."""
+    import difflib
+
+    valid = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self", "logger", "callbacks"}
+    for key in trainer_cfg:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" Did you mean `trainer.{close[0]}`?" if close else ""
+            raise ConfigError(f"unknown config key `trainer.{key}` (not a lightning.Trainer argument).{hint}")
+
+
+def find_resume_checkpoint(cfg, run_name: str) -> Path | None:
+    if not cfg.resume:
+        return None
+    if cfg.resume != "auto":
+        path = Path(cfg.resume)
+        if not path.is_file():
+            raise FileNotFoundError(f"resume={cfg.resume}: no such checkpoint. Use resume=auto or a path to a .ckpt")
+        return path
+    candidates = sorted(Path(cfg.run_dir, run_name).glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        log.warning("resume=auto: no last.ckpt under %s; starting a new run", Path(cfg.run_dir, run_name))
+        return None
+    return candidates[-1]
+
+
+def prepare_run_dir(cfg, run_name: str, resume_from: Path | None) -> Path:
+    """A new directory per run (``<run_dir>/<name>/<timestamp>``); a resumed run continues in its own."""
+    run_dir = resume_from.parent.parent if resume_from else Path(cfg.run_dir, run_name, time.strftime("%Y%m%d-%H%M%S"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG_FILE).write_text(to_yaml(cfg))
+    return run_dir
+
+
+def build_trainer(cfg, run_dir: Path, run_name: str) -> pl.Trainer:
+    ckpt_dir = run_dir / "checkpoints"
+    callbacks = [
+        ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=0, save_last=cfg.checkpoint.save_last, every_n_epochs=1),
+        Throughput(),
+        ViewGrid(run_dir / "views", cfg.logger.view_grid_every_n_epochs),
+        RichProgressBar(leave=True),
+    ]
+    if cfg.checkpoint.every_n_epochs:
+        callbacks.append(ModelCheckpoint(
+            dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
+            every_n_epochs=cfg.checkpoint.every_n_epochs, save_top_k=-1,
+        ))
+    loggers = build_loggers(cfg.logger, run_dir, run_name, to_plain(cfg))
+    if loggers:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    trainer_kwargs = dict(to_plain(cfg.trainer))
+    trainer_kwargs.setdefault("log_every_n_steps", cfg.logger.log_every_n_steps)
+    if cfg.max_time_minutes:
+        trainer_kwargs.setdefault("max_time", {"minutes": cfg.max_time_minutes})
+    return pl.Trainer(default_root_dir=str(run_dir), logger=loggers or False, callbacks=callbacks, **trainer_kwargs)
