@@ -1,0 +1,81 @@
+"""CoKe update after an assignment (design §5 steps 3-4), without host synchronisation.
+
+- duals:   rho_k <- max(0, rho_k + lr * (target_k - n_k / B)); no clamp when the bound ratio r is 1;
+- centres: c_k <- normalize((m_k c_k + sum of members' x) / (m_k + n_k)) where n_k > 0, else unchanged;
+           so the first hits of an epoch (m_k = 0) replace the centre;
+- counters: m_k <- m_k + n_k.
+
+B is the number of rows of the (gathered) batch. Labels are global (B, H) indices, -1 = none.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def dual_step(duals, counts, target, batch_size: int, lr: float, clamp: bool) -> torch.Tensor:
+    stepped = duals + lr * (target - counts.to(torch.float32) / max(batch_size, 1))
+    return stepped.clamp_min(0.0) if clamp else stepped
+
+
+def cluster_sums(x: torch.Tensor, labels: torch.Tensor, num_clusters: int) -> torch.Tensor:
+    """(sum K, D) fp32 sum of the rows assigned to each cluster, over all heads."""
+    num_heads = labels.shape[1]
+    flat = labels.reshape(-1)
+    rows = x.to(torch.float32).repeat_interleave(num_heads, dim=0) * (flat >= 0).unsqueeze(1)
+    sums = torch.zeros((num_clusters, x.shape[1]), dtype=torch.float32, device=x.device)
+    return sums.index_add_(0, flat.clamp_min(0), rows)
+
+
+def blend_centers(centers, counters, sums, counts) -> torch.Tensor:
+    m = counters.to(torch.float32).unsqueeze(1)
+    n = counts.to(torch.float32).unsqueeze(1)
+    blended = F.normalize((m * centers + sums) / (m + n).clamp_min(1.0), dim=1)
+    return torch.where(n > 0, blended, centers)
+
+
+def members_by_cluster(labels: torch.Tensor, counts: torch.Tensor, num_clusters: int):
+    """Rows grouped by label: `rows[starts[k] : starts[k] + counts[k]]` are the rows of cluster k, ascending."""
+    num_heads = labels.shape[1]
+    flat = labels.reshape(-1)
+    key = torch.where(flat >= 0, flat, num_clusters)
+    order = torch.sort(key, stable=True).indices
+    counts = counts.to(torch.int64)
+    starts = torch.cumsum(counts, 0) - counts
+    return order // num_heads, starts
+
+
+def update_clusters_(
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    counts: torch.Tensor,
+    centers: torch.Tensor,
+    counters: torch.Tensor,
+    duals: torch.Tensor,
+    dual_target: torch.Tensor,
+    *,
+    dual_lr: float,
+    clamp: bool = True,
+    kernel: str = "auto",
+) -> None:
+    """Update centers (fp32), counters (int64) and duals (fp32) in place.
+
+    `dual_target` is (sum K,) fp32: r / K_h normally, or the per-superclass target under coarse labels.
+    The triton path sums each cluster's members in a fixed order, so it is bit-reproducible across
+    ranks; the torch path uses index_add_, which on CUDA is not.
+    """
+    if kernel == "auto":
+        kernel = "triton" if x.is_cuda else "torch"
+    if kernel == "triton":
+        from .assign_triton import update_triton_
+
+        rows, starts = members_by_cluster(labels, counts, centers.shape[0])
+        update_triton_(x, rows, starts, counts, centers, counters, duals, dual_target,
+                       dual_lr=dual_lr, clamp=clamp)
+        return
+    if kernel != "torch":
+        raise ValueError(f"kernel must be 'auto', 'torch' or 'triton', got {kernel!r}")
+    sums = cluster_sums(x, labels, centers.shape[0])
+    centers.copy_(blend_centers(centers, counters, sums, counts))
+    duals.copy_(dual_step(duals, counts, dual_target, x.shape[0], dual_lr, clamp))
+    counters.add_(counts.to(counters.dtype))
