@@ -26,16 +26,20 @@ def offsets_list(head_offsets: torch.Tensor | Sequence[int]) -> list[int]:
     return head_offsets.tolist() if isinstance(head_offsets, torch.Tensor) else [int(v) for v in head_offsets]
 
 
+def _head_starts(head_offsets: torch.Tensor | Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    if isinstance(head_offsets, torch.Tensor):
+        return head_offsets[:-1].to(device=like.device, dtype=like.dtype)
+    return torch.as_tensor(list(head_offsets)[:-1], dtype=like.dtype, device=like.device)
+
+
 def to_local_labels(labels: torch.Tensor, head_offsets: torch.Tensor | Sequence[int]) -> torch.Tensor:
-    """Global (B,H) labels -> per-head labels in [0, K_h); -1 stays -1."""
-    starts = torch.as_tensor(offsets_list(head_offsets)[:-1], dtype=labels.dtype, device=labels.device)
-    return torch.where(labels >= 0, labels - starts, labels)
+    """Global (B,H) labels -> per-head labels in [0, K_h); -1 stays -1. No host sync."""
+    return torch.where(labels >= 0, labels - _head_starts(head_offsets, labels), labels)
 
 
 def to_global_labels(local: torch.Tensor, head_offsets: torch.Tensor | Sequence[int]) -> torch.Tensor:
-    """Per-head (B,H) labels -> global indices into the stacked clusters; -1 stays -1."""
-    starts = torch.as_tensor(offsets_list(head_offsets)[:-1], dtype=local.dtype, device=local.device)
-    return torch.where(local >= 0, local + starts, local)
+    """Per-head (B,H) labels -> global indices into the stacked clusters; -1 stays -1. No host sync."""
+    return torch.where(local >= 0, local + _head_starts(head_offsets, local), local)
 
 
 def label_histogram(labels: torch.Tensor, num_clusters: int) -> torch.Tensor:

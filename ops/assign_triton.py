@@ -73,10 +73,10 @@ def _assign_kernel(
         best = tl.where(better, tile_best, best)
         best_idx = tl.where(better, k0 + tile_arg.to(tl.int64), best_idx)
 
-    out = rows64 * num_heads + head
-    tl.store(labels_ptr + out, best_idx, mask=row_ok)
+    cell = rows64 * num_heads + head
+    tl.store(labels_ptr + cell, best_idx, mask=row_ok)
     if WRITE_SCORES:
-        tl.store(scores_ptr + out, best, mask=row_ok)
+        tl.store(scores_ptr + cell, best, mask=row_ok)
     won = row_ok & (best_idx >= 0)
     tl.atomic_add(counts_ptr + tl.where(won, best_idx, 0), tl.full((BLOCK_B,), 1, tl.int32), mask=won)
 
@@ -101,8 +101,13 @@ def assign_triton(
     block_b: int | None = None,
     block_k: int = 64,
     block_d: int = 32,
+    out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ):
-    """Fused assignment; see `ops.assign.assign` for the contract. No host synchronisation."""
+    """Fused assignment; see `ops.assign.assign` for the contract. No host synchronisation.
+
+    `out` = (labels (B,H) int64, counts (sum K,) int32, scores (B,H) fp32) reuses buffers
+    (counts is zeroed here; labels and scores are overwritten).
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     x = x.contiguous()
@@ -111,9 +116,13 @@ def assign_triton(
     head_offsets = head_offsets.to(device=x.device, dtype=torch.int64).contiguous()
     num_rows, dim = x.shape
     num_heads = head_offsets.numel() - 1
-    labels = torch.empty((num_rows, num_heads), dtype=torch.int64, device=x.device)
-    scores = torch.empty((num_rows, num_heads), dtype=torch.float32, device=x.device)
-    counts = torch.zeros(centers.shape[0], dtype=torch.int32, device=x.device)
+    if out is None:
+        labels = torch.empty((num_rows, num_heads), dtype=torch.int64, device=x.device)
+        counts = torch.zeros(centers.shape[0], dtype=torch.int32, device=x.device)
+        scores = torch.empty((num_rows, num_heads), dtype=torch.float32, device=x.device)
+    else:
+        labels, counts, scores = out
+        counts.zero_()
     if row_ranges is not None:
         row_ranges = row_ranges.to(torch.int64).contiguous()
     block_b = block_b or _row_block(num_rows, num_heads)
