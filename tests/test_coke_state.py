@@ -116,11 +116,12 @@ def test_initial_state():
 def test_duplicated_ids_write_the_label_of_the_first_copy():
     state = CokeState(20, [6, 4], 8, kernel="torch", seed=1)
     ids = torch.tensor([5, 7, 5, 9, 5, 7])
-    x = F.normalize(torch.randn(6, 8), dim=1)
+    x = state.centers[:6].clone()  # row i lands in cluster i of head 0: the copies of 5 and 7 disagree
     before_centers, before_duals = state.centers.clone(), state.duals.clone()
     expected, _ = assign(x, before_centers, before_duals, state.head_offsets, kernel="torch")
     expected = to_local_labels(expected, state.head_offsets)
 
+    assert expected[:, 0].tolist() == [0, 1, 2, 3, 4, 5]
     prev = state.step(x, ids)
     assert (prev == -1).all()
     assert torch.equal(state.label_memory[5], expected[0])
