@@ -1,0 +1,140 @@
+"""``report.json`` and ``report.md``: every number with its protocol, parameters, label level and data.
+
+report.json, schema_version 1::
+
+    {
+      "schema_version": 1,
+      "created": "2026-11-24T20:15:00+00:00",
+      "command": "evaluate.py runs/.../last.ckpt protocol=all",
+      "checkpoint": {"path", "kind": "lightning"|"safetensors"|"random", "sha256", "method", "epochs" (completed
+                     pretraining epochs), "global_step", "planned_epochs", "backbone", "cifar_stem",
+                     "backbone_kwargs", "pretrain_data": {"name", "subset"}, "has_cluster_labels"},
+      "data": {"name", "source", "splits": {"train": {"images", "subset"}, "test": {"images", "subset"}},
+               "val_fraction", "seed", "num_fine", "num_coarse", "class_names", "superclass_names", "fine_to_coarse"},
+      "features": {"dim", "transform": {"crop_size", "eval_resize", "mean", "std"}, "cache": {split: file|null},
+                   "cache_hit": {split: bool}},
+      "results": [
+        {"protocol": "offline-linear"|"knn"|"retrieval"|"clustering",
+         "level": "fine"|"coarse"|"fine-within-superclass",
+         "metric": "top1"|"top5"|"recall@K"|"nmi"|"ari"|"acc",
+         "value": float in [0, 1] (ARI may be negative),
+         "split": the split the number is measured on ("test", or "train" for clustering),
+         "params": {protocol settings: linear: optimizer, epochs, lr, weight_decay, batch_size, val_fraction,
+                    val_top1, train_images; knn: k, temperature, similarity, bank, bank_images;
+                    retrieval: k, similarity, leave_one_out; clustering: source ("kmeans"|"coke"), k, iterations,
+                    init, head}},
+        ...],
+      "timings_s": {"features": s, "linear": s, "knn": s, "retrieval": s, "clustering": s}
+    }
+"""
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+SCHEMA_VERSION = 1
+PROTOCOL_NAMES = {"linear": "offline-linear", "knn": "knn", "retrieval": "retrieval", "clustering": "clustering"}
+ROW_KEYS = ("protocol", "level", "metric", "value", "split", "params")
+TABLE_COLUMNS = ["protocol", "protocol details", "level", "metric", "value (%)", "eval data", "checkpoint epochs"]
+
+
+def result_row(protocol: str, level: str, metric: str, value: float, split: str, **params: Any) -> dict:
+    return {"protocol": protocol, "level": level, "metric": metric, "value": float(value), "split": split, "params": params}
+
+
+def protocol_details(row: dict) -> str:
+    """One line that says exactly how the number was produced."""
+    p = row["params"]
+    if row["protocol"] == "offline-linear":
+        return (f"frozen features, {p['optimizer']} {p['epochs']} epochs, lr {p['lr']:g}, wd {p['weight_decay']:g} "
+                f"(chosen on {p['val_fraction']:g} of train, val top1 {100 * p['val_top1']:.2f})")
+    if row["protocol"] == "knn":
+        return f"k={p['k']}, {p['similarity']}, weights exp(sim/T) T={p['temperature']:g}, bank: {p['bank']}"
+    if row["protocol"] == "retrieval":
+        return f"Recall@{p['k']}, {p['similarity']}, leave-one-out"
+    if p["source"] == "coke":
+        return f"CoKe's own assignments, head {p['head']} (K={p['k']})"
+    return f"k-means (spherical, k={p['k']}, {p['iterations']} iterations, {p['init']} init)"
+
+
+def build_report(checkpoint: dict, data: dict, features: dict, results: list[dict], timings: dict, command: str) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command, "checkpoint": checkpoint, "data": data, "features": features,
+        "results": results, "timings_s": {k: round(v, 3) for k, v in timings.items()},
+    }
+
+
+def _eval_data(report: dict, row: dict) -> str:
+    data = report["data"]
+    split = data["splits"].get(row["split"], {})
+    return f"{data['name']} {row['split']} ({split.get('images', '?')} images)"
+
+
+def table_rows(report: dict) -> list[list[str]]:
+    epochs = report["checkpoint"].get("epochs")
+    return [
+        [row["protocol"], protocol_details(row), row["level"], row["metric"], f"{100 * row['value']:.2f}",
+         _eval_data(report, row), "random init" if report["checkpoint"]["kind"] == "random" else str(epochs)]
+        for row in report["results"]
+    ]
+
+
+def render_markdown(report: dict) -> str:
+    ckpt = report["checkpoint"]
+    lines = [
+        f"# Evaluation of `{ckpt['path']}`", "",
+        f"- checkpoint: {ckpt['kind']}, method {ckpt['method']}, backbone {ckpt['backbone']}"
+        f"{' (CIFAR stem)' if ckpt['cifar_stem'] else ''}, {ckpt['epochs']} pretraining epochs"
+        f" ({ckpt['global_step']} steps)",
+        f"- features: {report['features']['dim']}-d pooled backbone output, frozen; eval transform {report['features']['transform']}",
+        f"- data: {report['data']['name']} from {report['data']['source']}; all numbers are offline (frozen features), "
+        "none are online probes", "",
+        "| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS),
+    ]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(report)]
+    lines += ["", f"report schema v{report['schema_version']}, written {report['created']}; timings (s): {report['timings_s']}", ""]
+    return "\n".join(lines)
+
+
+def write_report(report: dict, out_dir: str | Path) -> tuple[Path, Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / "report.json", out_dir / "report.md"
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    md_path.write_text(render_markdown(report))
+    return json_path, md_path
+
+
+def log_to_wandb(report: dict, logger_cfg: Any, out_dir: str | Path) -> None:
+    """The table (and the two files) as a W&B run of job type ``eval``; offline without login or network."""
+    if logger_cfg.kind != "wandb":
+        return
+    try:
+        import wandb
+    except ImportError:
+        log.warning("wandb is not installed; the report is only on disk (pip install wandb to log it)")
+        return
+    from lightning_modules.loggers import wandb_mode
+
+    run = wandb.init(
+        project=logger_cfg.project, entity=logger_cfg.entity or None, job_type="eval", dir=str(out_dir),
+        mode=wandb_mode(logger_cfg.mode), config={"checkpoint": report["checkpoint"], "data": report["data"]},
+    )
+    try:
+        run.log({"eval/report": wandb.Table(columns=TABLE_COLUMNS, data=table_rows(report))})
+        for row in report["results"]:
+            key = "/".join(["eval", row["protocol"], row["level"], row["metric"]] + [f"{k}={v}" for k, v in _key_params(row)])
+            run.summary[key] = row["value"]
+        run.save(str(Path(out_dir) / "report.*"), base_path=str(out_dir), policy="now")
+    finally:
+        run.finish()
+
+
+def _key_params(row: dict) -> list[tuple[str, Any]]:
+    """The parameters that tell apart rows of the same protocol, level and metric."""
+    return [(k, row["params"][k]) for k in ("k", "head", "source") if k in row["params"] and row["protocol"] != "retrieval"]

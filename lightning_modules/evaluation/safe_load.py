@@ -1,0 +1,71 @@
+"""Load checkpoints without ever running code from them: ``torch.load(weights_only=True)`` or safetensors.
+
+A pickle can name any callable (``os.system``, ``builtins.eval``) to be called while it loads. The
+weights-only unpickler refuses every global outside tensors and plain containers; we turn its refusal into
+an error that names the file and the offending global, and never fall back to a full unpickle.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HASH_CHUNK_BYTES = 1 << 22
+
+
+class UnsafeCheckpointError(RuntimeError):
+    """The file holds pickled objects beyond tensors and plain containers; nothing from it was executed."""
+
+
+def _refusal_reason(err: Exception) -> str:
+    text = str(err)
+    match = re.search(r"(Unsupported global: .*|Trying to load unsupported GLOBAL [^\n]*|Unsupported operand [^\n]*)", text)
+    return match.group(1).strip() if match else text.strip().splitlines()[0]
+
+
+def load_weights_only(path: str | Path) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)``, with a clear refusal for pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(
+            f"refused to load {path}: it holds pickled objects other than tensors and plain containers "
+            f"({_refusal_reason(err)}). Loading it fully could run arbitrary code, so it was loaded with "
+            "weights_only=True and nothing in it was executed. Use a checkpoint written by this project, or an "
+            "exported backbone (.safetensors)."
+        ) from None
+
+
+def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and the string metadata of a safetensors file (the format cannot hold code)."""
+    from safetensors import safe_open
+
+    tensors, path = {}, Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone file not found: {path}")
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        metadata = dict(f.metadata() or {})
+        for key in f.keys():
+            tensors[key] = f.get_tensor(key)
+    return tensors, metadata
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(HASH_CHUNK_BYTES):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_json(path: str | Path) -> dict:
+    with open(path) as f:
+        return json.load(f)
