@@ -5,6 +5,10 @@ import importlib
 
 METHODS = {
     "simclr": "lightning_modules.simclr:SimCLR",
+    "mocov2": "lightning_modules.mocov2:MoCoV2",
+    "mocov3": "lightning_modules.mocov3:MoCoV3",
+    "swav": "lightning_modules.swav:SwAV",
+    "deepclusterv2": "lightning_modules.deepclusterv2:DeepClusterV2",
 }
 
 
