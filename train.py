@@ -10,7 +10,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-DEFAULT_CONFIG = "configs/pretrain/simclr_cifar10.yaml"
+DEFAULT_CONFIG = "configs/pretrain/coke_cifar10.yaml"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from configs.loader import ConfigError, load_config, to_plain, to_yaml
+    from lightning_modules.loggers import finish_loggers
     from lightning_modules.registry import method_class, method_schemas
     from lightning_modules.runs import build_trainer, check_trainer_keys, find_resume_checkpoint, prepare_run_dir
 
@@ -59,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     resume_from = find_resume_checkpoint(cfg, run_name)
     run_dir = prepare_run_dir(cfg, run_name, resume_from)
     trainer = build_trainer(cfg, run_dir, run_name)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    finally:
+        finish_loggers(trainer.loggers)
     if trainer.global_rank == 0:
         print(f"run directory: {run_dir}\ncheckpoint: {run_dir / 'checkpoints' / 'last.ckpt'}")
         print(f"evaluate with: python evaluate.py {run_dir / 'checkpoints' / 'last.ckpt'}")

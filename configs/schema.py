@@ -47,7 +47,8 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    kind: str = "simclr"  # simclr | byol | multicrop | none
+    kind: str = "simclr"  # simclr | byol | multicrop
+    num_large_crops: int = 2  # 1 for one-view methods (CoKe one view, supervised baselines)
     crop_size: int = 32
     min_scale: float = 0.2
     max_scale: float = 1.0
@@ -104,7 +105,7 @@ class LoggerConfig:
 @dataclass
 class CheckpointConfig:
     every_n_epochs: int = 10  # keep one numbered checkpoint every N epochs, besides last.ckpt
-    save_last: bool = True
+    save_last: bool = True  # last.ckpt every epoch (overwritten)
 
 
 @dataclass

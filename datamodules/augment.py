@@ -64,11 +64,14 @@ class ViewAugmenter(nn.Module):
             pipes = [view_pipeline(cfg.crop_size, large_scale, jitter, blur_p=0.5 * blur, solarize_p=0.0) for _ in range(2)]
         else:
             raise ValueError(f"unknown augment.kind `{cfg.kind}`; use simclr, byol or multicrop")
+        if not 1 <= cfg.num_large_crops <= 2:
+            raise ValueError(f"augment.num_large_crops must be 1 or 2, got {cfg.num_large_crops}")
+        pipes = pipes[: cfg.num_large_crops]
         if cfg.kind == "multicrop" or cfg.num_small_crops:
             small = view_pipeline(cfg.small_crop_size, (cfg.small_min_scale, cfg.small_max_scale), jitter, 0.5 * blur, 0.0)
             pipes += [small] * cfg.num_small_crops
         self.pipes = nn.ModuleList(pipes)
-        self.num_large = 2
+        self.num_large = cfg.num_large_crops
         self.normalize = Normalize(cfg.mean, cfg.std)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:

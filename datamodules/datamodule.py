@@ -6,13 +6,35 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, RandomSampler
 
 from datamodules.augment import EvalTransform, ViewAugmenter
 from datamodules.datasets import ImageDataset, LabeledImages, collate_batched, per_class_rows, split_off_validation
 from datamodules.discovery import load_split
 
 log = logging.getLogger(__name__)
+
+
+class EpochSeededSampler(RandomSampler):
+    """A shuffle that depends only on (seed, epoch), so a resumed run sees the same order.
+
+    Under DDP Lightning swaps this (a RandomSampler) for a DistributedSampler seeded the same way.
+    """
+
+    def __init__(self, size: int, seed: int):
+        super().__init__(range(size))
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
 
 
 @dataclass
@@ -25,6 +47,7 @@ class DataInfo:
     class_names: list[str]
     superclass_names: list[str]
     fine_to_coarse: list[int]  # per fine class, its superclass id (empty without hierarchy)
+    superclass_sizes: list[int]  # training instances per superclass (empty without hierarchy)
 
 
 class PretrainDataModule(pl.LightningDataModule):
@@ -59,12 +82,14 @@ class PretrainDataModule(pl.LightningDataModule):
             num_train=len(train), num_fine=len(train.class_names), num_coarse=len(train.superclass_names),
             class_names=train.class_names, superclass_names=train.superclass_names,
             fine_to_coarse=table.tolist() if train.superclass_names else [],
+            superclass_sizes=np.bincount(train.coarse[known], minlength=len(train.superclass_names)).tolist(),
         )
 
     def _loader(self, dataset, batch_size: int, train: bool) -> DataLoader:
         workers = self.cfg.num_workers
+        sampler = EpochSeededSampler(len(dataset), self.cfg.seed) if train else None
         return DataLoader(
-            dataset, batch_size=batch_size, shuffle=train, drop_last=train, num_workers=workers,
+            dataset, batch_size=batch_size, sampler=sampler, drop_last=train, num_workers=workers,
             pin_memory=self.cfg.pin_memory, persistent_workers=self.cfg.persistent_workers and workers > 0,
             collate_fn=collate_batched,
         )
@@ -82,7 +107,12 @@ class PretrainDataModule(pl.LightningDataModule):
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int = 0) -> dict:
         trainer = getattr(self, "trainer", None)
         if trainer is not None and trainer.training:
-            batch["views"] = self.augment(batch["image"])
+            # Seeded by (seed, step, rank): a resumed run draws exactly the views it would have drawn.
+            seed = (self.cfg.seed * 1_000_003 + trainer.global_step * 1009 + trainer.global_rank) % 2**63
+            devices = [batch["image"].device] if batch["image"].is_cuda else []
+            with torch.random.fork_rng(devices=devices, device_type=batch["image"].device.type):
+                torch.manual_seed(seed)
+                batch["views"] = self.augment(batch["image"])
         else:
             batch["eval_view"] = self.eval_transform(batch["image"])
         return batch

@@ -22,7 +22,7 @@ class Throughput(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self._images += batch["image"].shape[0] * trainer.world_size
-        if (batch_idx + 1) % self.window == 0:
+        if (batch_idx + 1) % self.window == 0 or batch_idx + 1 == trainer.num_training_batches:
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - self._start

@@ -83,3 +83,10 @@ def _settings_ok() -> bool:
         return True
     except Exception:  # noqa: BLE001 - older wandb without these settings
         return False
+
+
+def finish_loggers(loggers: list[Logger]) -> None:
+    """Close W&B runs so their history is flushed to disk (and synced when online)."""
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger" and getattr(logger, "_experiment", None) is not None:
+            logger.experiment.finish()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 
 METHODS = {
+    "coke": "lightning_modules.coke:CoKe",
     "simclr": "lightning_modules.simclr:SimCLR",
     "mocov2": "lightning_modules.mocov2:MoCoV2",
     "mocov3": "lightning_modules.mocov3:MoCoV3",

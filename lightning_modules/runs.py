@@ -17,6 +17,10 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "config.yaml"
 
 
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` every epoch; its own class keeps its state apart from the periodic checkpoints'."""
+
+
 def check_trainer_keys(trainer_cfg: dict) -> None:
     """Unknown ``trainer.*`` keys fail before any work, like the rest of the config."""
     import difflib
@@ -55,15 +59,18 @@ def prepare_run_dir(cfg, run_name: str, resume_from: Path | None) -> Path:
 def build_trainer(cfg, run_dir: Path, run_name: str) -> pl.Trainer:
     ckpt_dir = run_dir / "checkpoints"
     callbacks = [
-        ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=0, save_last=cfg.checkpoint.save_last, every_n_epochs=1),
         Throughput(),
         ViewGrid(run_dir / "views", cfg.logger.view_grid_every_n_epochs),
-        RichProgressBar(leave=True),
     ]
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(RichProgressBar(leave=True))
+    if cfg.checkpoint.save_last:
+        callbacks.append(LastCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, every_n_epochs=1,
+                                        enable_version_counter=False, save_on_train_epoch_end=True))
     if cfg.checkpoint.every_n_epochs:
         callbacks.append(ModelCheckpoint(
             dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
-            every_n_epochs=cfg.checkpoint.every_n_epochs, save_top_k=-1,
+            every_n_epochs=cfg.checkpoint.every_n_epochs, save_top_k=-1, save_on_train_epoch_end=True,
         ))
     loggers = build_loggers(cfg.logger, run_dir, run_name, to_plain(cfg))
     if loggers:

@@ -1,0 +1,129 @@
+"""CoKe: online constrained k-means (design §5). Each step clusters the gathered batch under a minimum
+cluster size; the network predicts the cluster each instance got in the previous epoch."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List
+
+import torch
+import torch.nn.functional as F
+
+from configs.schema import MethodConfig
+from lightning_modules.base import PretrainModule
+from lightning_modules.coke_dashboard import log_clustering_dashboard
+from ops.coke_state import CokeState
+from ops.distributed import gather_no_grad, rank
+
+
+@dataclass
+class CoKeConfig(MethodConfig):
+    name: str = "coke"
+    num_clusters: List[int] = field(default_factory=lambda: [300, 400, 500])  # one head per entry
+    ratio: float = 0.4  # lower bound r·N/K instances per cluster; 1.0 = balanced (no clamp)
+    dual_lr: float = 20.0
+    temperature: float = 0.0  # 0: 0.1 for one view, 0.05 for two views
+    alpha: float = 0.2  # two views: weight of the one-hot CE against the swapped soft CE
+    beta: float = 0.0  # weight of the projection CE added to the predictor CE
+    init_epochs: int = 1  # clustering initialisation at lr 0
+    stage2_epochs: int = 0  # one view: last epochs train on soft targets averaged over epochs
+    stage2_slots: int = 5
+    stage2_temperature: float = 0.5
+    kernel: str = "auto"  # auto | triton | torch
+    max_scores: int = 4194304  # torch path: most B×K scores held at once
+    coarse_weight: float = 0.0  # > 0: clusters partitioned by superclass, plus λ·coarse CE
+
+
+class CoKe(PretrainModule):
+    Config = CoKeConfig
+
+    def __init__(self, cfg: dict, data_info: dict):
+        super().__init__(cfg, data_info)
+        m = self.method_cfg
+        self.zero_lr_epochs = m.init_epochs
+        self.two_views = self.cfg.augment.num_large_crops == 2
+        self.temperature = m.temperature or (0.05 if self.two_views else 0.1)
+        dim = self.cfg.model.proj_output_dim
+        self.projection = self.projector(dim, last_bn=True)
+        self.prediction = self.predictor(dim) if self.cfg.model.pred_hidden_dim else None
+        coarse = m.coarse_weight > 0
+        if coarse and not data_info["num_coarse"]:
+            raise ValueError("method.coarse_weight > 0 needs superclass labels: use a data set with a hierarchy")
+        self.clustering = CokeState(
+            data_info["num_train"], list(m.num_clusters), dim, ratio=m.ratio, dual_lr=m.dual_lr, kernel=m.kernel,
+            max_scores=m.max_scores, seed=self.cfg.seed, stage2_slots=m.stage2_slots if m.stage2_epochs else 0,
+            stage2_temperature=m.stage2_temperature,
+            superclass_sizes=data_info.get("superclass_sizes") if coarse else None,
+        )
+        self.coarse_head = torch.nn.Linear(dim, data_info["num_coarse"]) if coarse else None
+        # Labels of every training instance, filled as batches pass: for the NMI dashboard only.
+        self.register_buffer("instance_labels", torch.full((data_info["num_train"], 2), -1), persistent=False)
+
+    def in_stage2(self) -> bool:
+        m = self.method_cfg
+        return bool(m.stage2_epochs) and not self.two_views and self.current_epoch >= self.trainer.max_epochs - m.stage2_epochs
+
+    def on_train_epoch_start(self) -> None:
+        if self.in_stage2() and self.current_epoch == self.trainer.max_epochs - self.method_cfg.stage2_epochs:
+            self.clustering.begin_stage2()
+
+    def cluster_step(self, x: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Cluster the batch of all ranks (no grad); return this rank's previous-epoch labels (B, H)."""
+        ids = gather_no_grad(batch["index"])
+        coarse = gather_no_grad(batch["coarse"]) if self.coarse_head is not None else None
+        self.instance_labels[ids] = gather_no_grad(torch.stack([batch["fine"], batch["coarse"]], 1))
+        prev = self.clustering.step(gather_no_grad(x.detach().float()), ids, coarse)
+        local = x.shape[0]
+        return prev[rank() * local:(rank() + 1) * local]
+
+    def head_logits(self, h: torch.Tensor) -> list[torch.Tensor]:
+        centers = self.clustering.loss_centers().to(h.dtype)
+        return [F.normalize(h, dim=1) @ c.T / self.temperature for c in self.clustering.split_heads(centers)]
+
+    def hard_ce(self, logits: list[torch.Tensor], labels: torch.Tensor, batch: dict) -> torch.Tensor:
+        losses = []
+        for head, head_logits in enumerate(logits):
+            if self.in_stage2():
+                target = self.clustering.dense_soft_targets(batch["index"], head)
+                losses.append(-(target * F.log_softmax(head_logits.float(), 1)).sum(1).mean())
+            else:
+                valid = labels[:, head] >= 0  # -1: no label yet (first epoch)
+                ce = F.cross_entropy(head_logits[valid].float(), labels[valid, head]) if valid.any() else head_logits.sum() * 0
+                losses.append(ce)
+        return torch.stack(losses).mean()
+
+    def training_loss(self, batch: dict, feats: list[torch.Tensor]) -> torch.Tensor:
+        m = self.method_cfg
+        z = [self.projection(f) for f in feats]
+        outputs = [self.prediction(zi) for zi in z] if self.prediction is not None else z
+        num_large = 2 if self.two_views else 1
+        x = F.normalize(z[0], dim=1) if num_large == 1 else (F.normalize(z[0], dim=1) + F.normalize(z[1], dim=1)) / 2
+        labels = self.cluster_step(x, batch)
+        logits = [self.head_logits(h) for h in outputs]
+        if num_large == 1:
+            loss = sum(self.hard_ce(lg, labels, batch) for lg in logits) / len(logits)
+            if m.beta and self.prediction is not None:
+                loss = loss + m.beta * self.hard_ce(self.head_logits(z[0]), labels, batch)
+        else:
+            loss = self.two_view_loss(logits, labels, batch)
+        if self.coarse_head is not None:
+            coarse_ce = F.cross_entropy(self.coarse_head(F.normalize(z[0], dim=1)).float(), batch["coarse"], ignore_index=-1)
+            self.log("train/coarse_ce", coarse_ce)
+            loss = loss + m.coarse_weight * coarse_ce
+        return loss
+
+    def two_view_loss(self, logits: list[list[torch.Tensor]], labels: torch.Tensor, batch: dict) -> torch.Tensor:
+        """α·one-hot CE + (1−α)·CE against the other large view's stop-gradient softmax; small crops are students."""
+        alpha, total, terms = self.method_cfg.alpha, 0.0, 0
+        soft = [[F.softmax(h.detach().float(), 1) for h in view] for view in logits[:2]]
+        for v, view_logits in enumerate(logits):
+            teachers = [1 - v] if v < 2 else [0, 1]
+            one_hot = self.hard_ce(view_logits, labels, batch)
+            swapped = torch.stack([
+                -(soft[t][head] * F.log_softmax(h.float(), 1)).sum(1).mean()
+                for t in teachers for head, h in enumerate(view_logits)
+            ]).mean()
+            total, terms = total + alpha * one_hot + (1 - alpha) * swapped, terms + 1
+        return total / terms
+
+    def on_train_epoch_end(self) -> None:
+        log_clustering_dashboard(self)

@@ -1,0 +1,49 @@
+"""CoKe's per-epoch dashboard: cluster sizes, the bound, duals, label churn and NMI; plus a cross-rank check."""
+from __future__ import annotations
+
+import torch
+from torchmetrics.functional.clustering import normalized_mutual_info_score
+
+from ops.distributed import gather_no_grad, is_distributed
+
+
+def assert_ranks_agree(state) -> None:
+    """Every rank runs the same update; a differing checksum means they diverged (e.g. unequal batches)."""
+    if not is_distributed():
+        return
+    sums = gather_no_grad(state.checksum().unsqueeze(0))
+    if not torch.equal(sums, sums[:1].expand_as(sums)):
+        raise RuntimeError(
+            "CoKe clustering state differs across ranks: every rank must see the same gathered batch. "
+            "Check that drop_last is on and that no rank skips a step; the state checksums were "
+            f"{sums.tolist()}"
+        )
+
+
+def log_clustering_dashboard(module) -> None:
+    state = module.clustering
+    sizes = state.cluster_sizes()
+    summary = state.end_epoch()  # freezes the centres for the next epoch and resets the counters
+    assert_ranks_agree(state)
+    logs = {}
+    labels = state.label_memory
+    seen = module.instance_labels[:, 0] >= 0
+    for head in range(len(sizes)):
+        logs[f"coke/h{head}_under_bound"] = summary["under_bound"][head]
+        logs[f"coke/h{head}_dual_min"], logs[f"coke/h{head}_dual_mean"], logs[f"coke/h{head}_dual_max"] = summary["duals"][head]
+        logs[f"coke/h{head}_changed"] = summary["changed"][head]
+        logs[f"coke/h{head}_min_size"] = summary["min_size"][head].float()
+        logs[f"coke/h{head}_max_size"] = summary["max_size"][head].float()
+        if seen.any() and head == 0:
+            for level, column in (("fine", 0), ("coarse", 1)):
+                truth = module.instance_labels[seen, column]
+                if (truth >= 0).all():
+                    logs[f"coke/nmi_{level}"] = normalized_mutual_info_score(labels[seen, head], truth)
+    module.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in logs.items()}, rank_zero_only=True)
+    for logger in module.loggers:
+        if hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger" and module.global_rank == 0:
+            import wandb
+
+            logger.experiment.log({
+                f"coke/h{h}_cluster_sizes": wandb.Histogram(s.cpu().numpy()) for h, s in enumerate(sizes)
+            } | {"trainer/global_step": module.global_step})

@@ -1,0 +1,33 @@
+"""Train through the real entry point (train.main) on a tiny real CIFAR-10 subset."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import train
+
+TINY = [
+    "model.backbone=test_resnet", "model.cifar_stem=false", "model.proj_hidden_dim=128", "model.pred_hidden_dim=128",
+    "data.batch_size=64", "data.num_workers=0", "data.pin_memory=false", "data.eval_subset=50",
+    "logger.kind=csv", "trainer.precision=32", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
+    "optim.name=sgd", "optim.warmup_epochs=0",
+]
+
+
+def run(config: str, tmp_path: Path, cifar10_tar: Path, cache_dir: Path, *overrides: str) -> Path:
+    """Train; return the run directory (the newest one under tmp_path/runs)."""
+    args = [config, *TINY, f"data.path={cifar10_tar}", f"data.cache_dir={cache_dir}", f"run_dir={tmp_path / 'runs'}",
+            "run_name=test", *overrides]
+    assert train.main(args) == 0
+    return sorted((tmp_path / "runs" / "test").iterdir())[-1]
+
+
+def metrics(run_dir: Path) -> dict[str, list[float]]:
+    """Column -> logged values (in order) from the run's CSV log."""
+    out: dict[str, list[float]] = {}
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                if value not in ("", None):
+                    out.setdefault(key, []).append(float(value))
+    return out
