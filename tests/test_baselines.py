@@ -104,7 +104,6 @@ def test_fits_resumes_with_its_state_and_probe_beats_chance(method, tmp_path, ci
         assert torch.equal(start.state[name], value), name
     assert second.global_step == 3 * steps_per_epoch
     assert math.isfinite(second.callback_metrics["train/loss"].item())
-    print("ACC", method, second.callback_metrics["online/fine_acc1"].item(), second.callback_metrics["online/coarse_acc1"].item())
     assert second.callback_metrics["online/fine_acc1"].item() > 0.15  # chance is 0.1 on 10 balanced classes
 
     if method == "mocov2":  # both views' keys of every step went in
@@ -151,7 +150,6 @@ def test_swav_small_batch_loss_leaves_ln_k_and_prototypes_stay_frozen(cifar10_ta
 
     make_trainer(3, losses, Prototypes(), limit_val_batches=0).fit(model, datamodule=datamodule)
     tail = sum(losses.values[-10:]) / 10
-    print("SWAV", tail, math.log(20))
     assert tail < math.log(20) - 0.3, losses.values
     assert model.queue_in_use()
     frozen = model.method_cfg.freeze_prototypes_iters
