@@ -38,6 +38,10 @@ class PretrainModule(pl.LightningModule):
         self.data_info = data_info
         model_cfg = self.cfg.model
         self.backbone, self.feat_dim = build_backbone(model_cfg.backbone, model_cfg.cifar_stem, **model_cfg.kwargs)
+        if model_cfg.channels_last:
+            self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        # Kept out of the module tree so checkpoints hold the plain backbone's keys either way.
+        self.__dict__["compiled_backbone"] = torch.compile(self.backbone) if model_cfg.compile else None
         self.probes = nn.ModuleDict({"fine": nn.Linear(self.feat_dim, data_info["num_fine"])})
         if data_info["num_coarse"]:
             self.probes["coarse"] = nn.Linear(self.feat_dim, data_info["num_coarse"])
@@ -63,7 +67,8 @@ class PretrainModule(pl.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.cfg.model.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return self.backbone(images)
+        backbone = self.compiled_backbone if self.compiled_backbone is not None and self.training else self.backbone
+        return backbone(images)
 
     def encode_views(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
         """Backbone features per view, one forward per resolution (multi-crop friendly)."""

@@ -77,6 +77,8 @@ def build_trainer(cfg, run_dir: Path, run_name: str) -> pl.Trainer:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer_kwargs = dict(to_plain(cfg.trainer))
     trainer_kwargs.setdefault("log_every_n_steps", cfg.logger.log_every_n_steps)
+    if cfg.model.sync_batchnorm:
+        trainer_kwargs.setdefault("sync_batchnorm", True)
     if cfg.max_time_minutes:
         trainer_kwargs.setdefault("max_time", {"minutes": cfg.max_time_minutes})
     return pl.Trainer(default_root_dir=str(run_dir), logger=loggers or False, callbacks=callbacks, **trainer_kwargs)
