@@ -60,6 +60,7 @@ class DeepClusterV2(PretrainModule):
         self.memory[gather_no_grad(index)] = gather_no_grad(embeddings).to(self.memory.dtype)
 
     def on_train_start(self) -> None:
+        super().on_train_start()
         if self.clustered_epoch.item() < 0:  # a fresh run; a resumed one has its memory in the checkpoint
             self.fill_memory()
 

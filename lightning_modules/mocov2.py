@@ -50,7 +50,7 @@ class MoCoV2(PretrainModule):
         momentum = self.momentum()
         self.log("train/momentum", momentum)
         self.key_encoder.update([self.backbone, self.projection], momentum)
-        return list(self.key_encoder(torch.cat(views)).chunk(len(views)))
+        return self.key_encoder.encode_views(views, self.cfg.model.channels_last)
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:

@@ -42,7 +42,7 @@ class MoCoV3(PretrainModule):
         momentum = self.momentum()
         self.log("train/momentum", momentum)
         self.key_encoder.update([self.backbone, self.projection], momentum)
-        return list(self.key_encoder(torch.cat(views)).chunk(len(views)))
+        return self.key_encoder.encode_views(views, self.cfg.model.channels_last)
 
     def training_loss(self, batch: dict, feats: list[torch.Tensor]) -> torch.Tensor:
         q1, q2 = (self.prediction(self.projection(f)) for f in feats[:2])

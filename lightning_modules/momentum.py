@@ -38,3 +38,11 @@ class MomentumEncoder(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    @torch.no_grad()
+    def encode_views(self, views: list[torch.Tensor], channels_last: bool = False) -> list[torch.Tensor]:
+        """Outputs per view from one forward over the views stacked (they must share a resolution)."""
+        images = torch.cat(views)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return list(self(images).chunk(len(views)))

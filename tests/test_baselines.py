@@ -155,3 +155,22 @@ def test_swav_small_batch_loss_leaves_ln_k_and_prototypes_stay_frozen(cifar10_ta
     frozen = model.method_cfg.freeze_prototypes_iters
     assert torch.allclose(prototypes[1], prototypes[frozen], atol=1e-6)  # only renormalised while frozen
     assert not torch.allclose(prototypes[frozen], prototypes[max(prototypes)], atol=1e-3)
+
+
+def test_momentum_encoder_is_an_ema_on_a_cosine_schedule():
+    from torch import nn
+
+    from lightning_modules.momentum import MomentumEncoder, cosine_momentum
+
+    assert cosine_momentum(0, 100, 0.99) == 0.99 and cosine_momentum(100, 100, 0.99) == 1.0
+    assert cosine_momentum(50, 100, 0.99) == pytest.approx(0.995)
+    online = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    target = MomentumEncoder(online)
+    assert not any(p.requires_grad for p in target.parameters())
+    before = [p.detach().clone() for p in target.parameters()]
+    with torch.no_grad():
+        for p in online.parameters():
+            p.add_(1.0)
+    target.update([online], momentum=0.9)
+    for old, new, source in zip(before, target.parameters(), online.parameters()):
+        assert torch.allclose(new, 0.9 * old + 0.1 * source)

@@ -102,11 +102,17 @@ def build_eval_backbone(source: EvalSource, model_cfg: Any, seed: int = 0) -> tu
         torch.manual_seed(seed)
     backbone, dim = build_backbone(model_cfg.backbone, model_cfg.cifar_stem, **dict(model_cfg.kwargs))
     if source.backbone_state is not None:
-        missing, unexpected = backbone.load_state_dict(source.backbone_state, strict=False)
-        if missing or unexpected:
+        mismatch = ""
+        try:
+            missing, unexpected = backbone.load_state_dict(source.backbone_state, strict=False)
+            if missing or unexpected:
+                mismatch = f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
+        except RuntimeError as err:  # same names, different shapes
+            mismatch = str(err).splitlines()[-1].strip()
+        if mismatch:
             raise ValueError(
                 f"the weights in {source.path} do not fit model.backbone={model_cfg.backbone} "
-                f"model.cifar_stem={model_cfg.cifar_stem}: missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
+                f"model.cifar_stem={model_cfg.cifar_stem}: {mismatch}. Pass the model.* the checkpoint was trained with."
             )
     return backbone.eval(), dim
 

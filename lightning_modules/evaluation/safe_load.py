@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import pickletools
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,33 @@ def _refusal_reason(err: Exception) -> str:
     return match.group(1).strip() if match else text.strip().splitlines()[0]
 
 
+_PLAIN_GLOBAL_PREFIXES = ("torch.", "collections.", "_codecs.", "builtins.set", "builtins.frozenset")
+_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8", "SHORT_BINSTRING", "BINSTRING", "STRING"}
+
+
+def referenced_globals(path: str | Path) -> list[str]:
+    """The callables a pickle names (e.g. ``posix.system``), read opcode by opcode without executing any."""
+    path = Path(path)
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                member = next(name for name in archive.namelist() if name.endswith("data.pkl"))
+                payload = archive.read(member)
+        else:
+            payload = path.read_bytes()
+        found, recent_strings = [], []
+        for opcode, arg, _ in pickletools.genops(payload):
+            if opcode.name in _STRING_OPS:
+                recent_strings = (recent_strings + [str(arg)])[-2:]
+            elif opcode.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(recent_strings) == 2:
+                found.append(".".join(recent_strings))
+    except Exception:  # a damaged pickle: the torch error alone has to do
+        return []
+    return [name for name in dict.fromkeys(found) if not name.startswith(_PLAIN_GLOBAL_PREFIXES)]
+
+
 def load_weights_only(path: str | Path) -> Any:
     """``torch.load(path, map_location="cpu", weights_only=True)``, with a clear refusal for pickled code."""
     path = Path(path)
@@ -36,9 +65,11 @@ def load_weights_only(path: str | Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        callables = referenced_globals(path)
+        named = f"it references {', '.join(callables[:5])}; " if callables else ""
         raise UnsafeCheckpointError(
             f"refused to load {path}: it holds pickled objects other than tensors and plain containers "
-            f"({_refusal_reason(err)}). Loading it fully could run arbitrary code, so it was loaded with "
+            f"({named}{_refusal_reason(err)}). Loading it fully could run arbitrary code, so it was loaded with "
             "weights_only=True and nothing in it was executed. Use a checkpoint written by this project, or an "
             "exported backbone (.safetensors)."
         ) from None
