@@ -10,6 +10,9 @@ METHODS = {
     "mocov3": "lightning_modules.mocov3:MoCoV3",
     "swav": "lightning_modules.swav:SwAV",
     "deepclusterv2": "lightning_modules.deepclusterv2:DeepClusterV2",
+    "supervised": "lightning_modules.supervised:Supervised",
+    "supcon": "lightning_modules.supcon:SupCon",
+    "coins": "lightning_modules.coins:CoIns",
 }
 
 

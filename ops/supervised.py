@@ -1,9 +1,10 @@
-"""Losses that use (coarse) labels: supervised contrastive (SupCon) and cosine-classifier logits for CoIns."""
+"""Losses that use (coarse) labels: supervised contrastive (SupCon), supervised CE, and CoIns (cosine classifier)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from ops.contrastive import info_nce
 from ops.distributed import gather_no_grad, gather_with_grad, rank
 
 
@@ -53,3 +54,23 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1,
 def cosine_classifier_logits(z: torch.Tensor, weight: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
     """Cosine-similarity logits (B, C) = normalize(z) . normalize(weight)^T / T, for weight (C, D)."""
     return F.normalize(z, dim=1) @ F.normalize(weight, dim=1).T / temperature
+
+
+def supervised_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy (mean over rows with a known label); a negative label means unknown and is left out.
+
+    With no known label at all the loss is 0 (not NaN, as F.cross_entropy's mean would give).
+    """
+    known = labels >= 0
+    per_row = F.cross_entropy(logits.float(), labels.clamp_min(0), reduction="none")
+    return (per_row * known).sum() / known.sum().clamp_min(1)
+
+
+def coins_loss(
+    q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, classifier: torch.Tensor, coarse: torch.Tensor,
+    temperature: float = 0.2, coarse_weight: float = 0.5,
+) -> torch.Tensor:
+    """CoIns: MoCo's InfoNCE of query q against key k and the queue, plus λ·CE of the cosine classifier
+    (normalize(q)·normalize(W)ᵀ / T) on the coarse labels. One T is shared by both terms."""
+    coarse_logits = cosine_classifier_logits(q, classifier, temperature)
+    return info_nce(q, k, temperature, queue) + coarse_weight * supervised_ce(coarse_logits, coarse)

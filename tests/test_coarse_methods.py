@@ -1,0 +1,186 @@
+"""Coarse-label pretraining (superclass -> fine-grained transfer): supervised CE (coarse / fine), SupCon on
+superclasses, CoIns, CoKe with coarse labels. The losses against plain references, a short real fit of each
+method on CIFAR-10 through train.main, the CIFAR-100 (20 -> 100) path on the real fragment, and the error on a
+data set without superclasses. The restricted CoKe assignment itself is tested in test_coke_state.py.
+"""
+import math
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ops.coke_state import partition_clusters
+from ops.supervised import coins_loss, supervised_ce
+from training_utils import metrics, run
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "pretrain"
+
+
+# ---- losses against plain references ------------------------------------------------------------
+def reference_ce(logits, labels):
+    """Mean over rows with a known label of -log softmax(row)[label], one row at a time."""
+    terms = [-(row[y] - torch.logsumexp(row, 0)) for row, y in zip(logits.double(), labels.tolist()) if y >= 0]
+    return torch.stack(terms).mean().item() if terms else 0.0
+
+
+def reference_coins(q, k, queue, weight, coarse, t, lam):
+    """InfoNCE against the queue plus lam * cosine-classifier CE, row by row, in float64."""
+    inst, cls = [], []
+    for qi, ki, yi in zip(q.double(), k.double(), coarse.tolist()):
+        qi, ki = qi / qi.norm(), ki / ki.norm()
+        logits = torch.cat([(qi @ ki)[None], queue.double() @ qi]) / t
+        inst.append(torch.logsumexp(logits, 0) - logits[0])
+        if yi >= 0:
+            scores = torch.stack([qi @ (w / w.norm()) for w in weight.double()]) / t
+            cls.append(torch.logsumexp(scores, 0) - scores[yi])
+    coarse_term = torch.stack(cls).mean() if cls else torch.zeros((), dtype=torch.float64)
+    return (torch.stack(inst).mean() + lam * coarse_term).item()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_supervised_ce_matches_reference_and_skips_unknown_labels(seed):
+    g = torch.Generator().manual_seed(seed)
+    logits = 3 * torch.randn(12, 5, generator=g)
+    labels = torch.randint(0, 5, (12,), generator=g)
+    labels[::4] = -1
+    assert supervised_ce(logits, labels).item() == pytest.approx(reference_ce(logits, labels), rel=1e-5)
+    known = labels >= 0
+    assert supervised_ce(logits, labels).item() == pytest.approx(F.cross_entropy(logits[known], labels[known]).item(), rel=1e-5)
+    x = logits.clone().requires_grad_()
+    none_known = supervised_ce(x, torch.full((12,), -1))
+    none_known.backward()
+    assert none_known.item() == 0.0 and torch.all(x.grad == 0)
+
+
+@pytest.mark.parametrize("temperature,lam", [(0.2, 0.5), (0.5, 1.0)])
+def test_coins_loss_matches_reference(temperature, lam):
+    g = torch.Generator().manual_seed(3)
+    q, k = torch.randn(10, 16, generator=g), torch.randn(10, 16, generator=g)
+    queue = F.normalize(torch.randn(30, 16, generator=g), dim=1)
+    weight = torch.randn(4, 16, generator=g)
+    coarse = torch.randint(0, 4, (10,), generator=g)
+    coarse[2] = -1
+    got = coins_loss(q, k, queue, weight, coarse, temperature, lam).item()
+    assert got == pytest.approx(reference_coins(q, k, queue, weight, coarse, temperature, lam), rel=1e-5)
+
+
+def test_coins_gradient_reaches_query_and_classifier_not_key():
+    g = torch.Generator().manual_seed(4)
+    q, k = torch.randn(6, 8, generator=g, requires_grad=True), torch.randn(6, 8, generator=g, requires_grad=True)
+    weight = torch.randn(3, 8, generator=g, requires_grad=True)
+    coins_loss(q, k, F.normalize(torch.randn(5, 8, generator=g), dim=1), weight, torch.tensor([0, 1, 2, 0, 1, 2])).backward()
+    assert q.grad.abs().sum() > 0 and weight.grad.abs().sum() > 0 and k.grad is None
+
+
+# ---- a data set without superclasses --------------------------------------------------------------
+@pytest.mark.parametrize("config,extra", [
+    ("supervised_coarse_cifar10", []), ("supcon_coarse_cifar10", []), ("coins_cifar10", ["method.queue_size=64"]),
+    ("coke_coarse_cifar10", ["method.num_clusters=[10]"]),
+])
+def test_coarse_methods_refuse_data_without_superclasses(config, extra):
+    from configs.loader import load_config, to_plain
+    from lightning_modules.registry import method_class, method_schemas
+
+    cfg = load_config(CONFIGS / f"{config}.yaml", ["model.backbone=test_resnet", "model.cifar_stem=false", *extra], method_schemas())
+    no_hierarchy = {"num_train": 100, "num_fine": 10, "num_coarse": 0, "class_names": [str(i) for i in range(10)],
+                    "superclass_names": [], "fine_to_coarse": [], "superclass_sizes": []}
+    with pytest.raises(ValueError, match="superclass"):
+        method_class(cfg.method.name)(to_plain(cfg), no_hierarchy)
+    if cfg.method.name == "supervised":  # fine labels need no hierarchy
+        fine = load_config(CONFIGS / "supervised_fine_cifar10.yaml", ["model.backbone=test_resnet"], method_schemas())
+        method_class("supervised")(to_plain(fine), no_hierarchy)
+
+
+# ---- short real fits on CIFAR-10 through train.main ---------------------------------------------
+FITS = {
+    "supervised_coarse_cifar10": [],
+    "supervised_fine_cifar10": [],
+    "supcon_coarse_cifar10": [],
+    "coins_cifar10": ["method.queue_size=512"],
+    "coke_coarse_cifar10": ["method.num_clusters=[20,40]"],  # bound r·N/K = 20 and 10 at N = 1,000
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two shared cores: one intra-op thread avoids the stalls of oversubscribed threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", list(FITS))
+def test_short_fit_on_cifar10_learns(config, tmp_path, cifar10_tar, cache_dir):
+    run_dir = run(str(CONFIGS / f"{config}.yaml"), tmp_path, cifar10_tar, cache_dir, *FITS[config],
+                  "data.subset=100", "trainer.max_epochs=3", "trainer.check_val_every_n_epoch=3", "optim.lr=0.3",
+                  "optim.probe_lr=0.5", "logger.log_every_n_steps=1", "logger.view_grid_every_n_epochs=0")
+    m = metrics(run_dir)
+    assert all(math.isfinite(v) for v in m["train/loss"])
+    if "coke" not in config:  # (CoKe's epoch 0 runs at lr 0 and has no targets yet)
+        steps = len(m["train/loss"]) // 3
+        first, last = sum(m["train/loss"][:steps]) / steps, sum(m["train/loss"][-steps:]) / steps
+        assert last < first, (first, last)
+    # The superclass target (vehicles / animals) is learnable in 3 epochs; 0.6 is "always animals".
+    assert m["online/coarse_acc1"][-1] > 0.6
+    assert m["online/fine_acc1"][-1] > 0.15  # chance is 0.1 on 10 balanced classes
+    if "coke" in config:
+        assert m["train/coarse_ce"][-1] < math.log(2)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["data_info"]["superclass_sizes"] == [600, 400]
+
+
+# ---- the CIFAR-100 path (20 superclasses -> 100 classes) on the real fragment -------------------
+def cifar100_pickles(fragment: Path, folder: Path) -> Path:
+    """An official-format cifar-100-python folder holding the real fragment's images and labels."""
+    sample = np.load(fragment / "cifar100_prefix_sample.npz")
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(fragment / "meta", folder / "meta")
+    for split in ("train", "test"):
+        x = sample[f"{split}_x"]
+        blob = {b"data": x.reshape(len(x), -1), b"fine_labels": sample[f"{split}_fine"].tolist(),
+                b"coarse_labels": sample[f"{split}_coarse"].tolist()}
+        with open(folder / split, "wb") as f:
+            pickle.dump(blob, f)
+    return folder
+
+
+CIFAR100_FITS = {
+    "supervised_coarse_cifar10": [],
+    "coke_coarse_cifar10": ["method.num_clusters=[40]"],  # >= 20 superclasses; bound r·N/K ≈ 5 at N = 486
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", list(CIFAR100_FITS))
+def test_cifar100_fragment_runs_unchanged(config, tmp_path, cifar10_tar, cifar100_fragment, cache_dir):
+    folder = cifar100_pickles(cifar100_fragment, tmp_path / "cifar-100-python")
+    sample = np.load(cifar100_fragment / "cifar100_prefix_sample.npz")
+    run_dir = run(str(CONFIGS / f"{config}.yaml"), tmp_path, cifar10_tar, cache_dir, *CIFAR100_FITS[config],
+                  "data.name=cifar100", f"data.path={folder}", "data.eval_subset=0", "trainer.max_epochs=2",
+                  "trainer.check_val_every_n_epoch=2",
+                  "logger.view_grid_every_n_epochs=0")
+    m = metrics(run_dir)
+    assert all(math.isfinite(v) for v in m["train/loss"]) and "online/coarse_acc1" in m
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    info = ckpt["hyper_parameters"]["data_info"]
+    assert (info["num_fine"], info["num_coarse"]) == (100, 20)
+    sizes = np.bincount(sample["train_coarse"], minlength=20)
+    assert info["superclass_sizes"] == sizes.tolist()
+    state = ckpt["state_dict"]
+    assert state["probes.coarse.weight"].shape[0] == 20
+    if "coke" in config:  # every instance was clustered inside its own superclass's block
+        labels = state["clustering.label_memory"][:, 0]
+        starts = np.concatenate([[0], np.cumsum(partition_clusters(40, sizes.tolist()))])
+        coarse = torch.from_numpy(sample["train_coarse"])
+        assigned = labels >= 0  # the rows of a dropped last batch may never have been drawn
+        assert assigned.float().mean() > 0.8
+        labels, coarse = labels[assigned], coarse[assigned]
+        assert ((labels >= torch.from_numpy(starts[coarse])) & (labels < torch.from_numpy(starts[coarse + 1]))).all()
+    else:
+        assert state["classifier.weight"].shape[0] == 20
