@@ -40,6 +40,10 @@ class DataConfig:
     pin_memory: bool = True
     persistent_workers: bool = True
     skip_corrupt: bool = False  # skip undecodable images (and log how many) instead of failing
+    # decoded: decode once into a cached uint8 array (small data sets). jpeg: loader workers read encoded bytes
+    # only and each batch is decoded after the transfer, on the GPU with nvjpeg (ImageNet scale).
+    format: str = "decoded"
+    decode_device: str = "auto"  # format=jpeg: auto (where the batch is) | cpu | cuda
     download: bool = True  # try torchvision's download when the data is missing
     cache_dir: str = field(default_factory=default_cache_dir)
     seed: int = 0  # for subset and validation split

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from datamodules.augment import EvalTransform, ViewAugmenter
 from datamodules.datasets import ImageDataset, LabeledImages, collate_batched, per_class_rows, split_off_validation
 from datamodules.discovery import load_split
+from datamodules.jpeg_stream import BatchDecoder, JpegDataset, load_jpeg_split
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +58,23 @@ class PretrainDataModule(pl.LightningDataModule):
         self.train_set = self.val_set = self.test_set = None
         self.augment = ViewAugmenter(augment_cfg)
         self.eval_transform = EvalTransform(augment_cfg)
+        if data_cfg.format not in ("decoded", "jpeg"):
+            raise ValueError(f"unknown data.format `{data_cfg.format}`; use decoded (cached arrays) or jpeg (GPU decode)")
+        self.decoder = BatchDecoder(data_cfg.image_size, data_cfg.decode_device, data_cfg.skip_corrupt)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         cfg = self.cfg
-        train, val = split_off_validation(load_split(cfg, "train"), cfg.val_fraction, cfg.seed)
-        test = load_split(cfg, "test")
+        load, dataset = (load_jpeg_split, JpegDataset) if cfg.format == "jpeg" else (load_split, ImageDataset)
+        train, val = split_off_validation(load(cfg, "train"), cfg.val_fraction, cfg.seed)
+        test = load(cfg, "test")
         train = train.take(per_class_rows(train.fine, cfg.subset, cfg.seed))
         if cfg.eval_subset:
             test = test.take(per_class_rows(test.fine, cfg.eval_subset, cfg.seed))
             val = val.take(per_class_rows(val.fine, cfg.eval_subset, cfg.seed)) if val is not None else None
-        self.train_set, self.test_set = ImageDataset(train), ImageDataset(test)
-        self.val_set = ImageDataset(val) if val is not None else None
+        self.train_set, self.test_set = dataset(train), dataset(test)
+        self.val_set = dataset(val) if val is not None else None
         log.info("data: %d train, %s val, %d test images", len(train), len(val) if val is not None else 0, len(test))
 
     @property
@@ -105,6 +110,8 @@ class PretrainDataModule(pl.LightningDataModule):
         return self._loader(self.test_set, self.cfg.eval_batch_size, train=False)
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int = 0) -> dict:
+        if "jpeg" in batch:
+            batch = self.decoder(batch)
         trainer = getattr(self, "trainer", None)
         if trainer is not None and trainer.training:
             # Seeded by (seed, step, rank): a resumed run draws exactly the views it would have drawn.
