@@ -130,3 +130,23 @@ def test_checkpoint_settings_are_inherited_and_overridable(tmp_path, capsys):
     assert evaluate.main([str(ckpt), "--print-config", "data.eval_subset=7"]) == 0
     printed = capsys.readouterr().out
     assert "backbone: resnet10t" in printed and "eval_subset: 7.0" in printed and "\n  subset: 0.0" in printed
+
+
+@pytest.mark.slow
+def test_probe_on_a_briefly_trained_checkpoint_beats_random_init(tmp_path, cifar10_tar, cache_dir):
+    from training_utils import run
+
+    run_dir = run("configs/pretrain/simclr_cifar10.yaml", tmp_path, cifar10_tar, cache_dir, "data.subset=250",
+                  "trainer.max_epochs=8", "trainer.check_val_every_n_epoch=8", "optim.lr=1.0")
+    probe = ["protocol=linear,knn", "levels=fine", "data.subset=200", "data.eval_subset=100", "linear.epochs=30",
+             "linear.lrs=[0.1]", "linear.weight_decays=[0.0]", "knn.ks=[20]", "feature_cache=false"]
+
+    def top1(spec, *extra):
+        report = run_eval(spec, tmp_path, cifar10_tar, cache_dir, *probe, *extra)
+        return {r["protocol"]: r["value"] for r in report["results"] if r["level"] == "fine" and r["metric"] == "top1"}
+
+    trained = top1(run_dir / "checkpoints" / "last.ckpt")
+    random_init = top1("random", "model.backbone=test_resnet", "model.cifar_stem=false")
+    # 1,000 test images: a 3-point margin is about two standard errors; measured 32.6 vs 26.7 (linear), 30.9 vs 24.5 (kNN).
+    assert trained["offline-linear"] > random_init["offline-linear"] + 0.03, (trained, random_init)
+    assert trained["knn"] > random_init["knn"] + 0.03, (trained, random_init)

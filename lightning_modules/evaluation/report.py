@@ -50,8 +50,9 @@ def protocol_details(row: dict) -> str:
     """One line that says exactly how the number was produced."""
     p = row["params"]
     if row["protocol"] == "offline-linear":
-        return (f"frozen features, {p['optimizer']} {p['epochs']} epochs, lr {p['lr']:g}, wd {p['weight_decay']:g} "
-                f"(chosen on {p['val_fraction']:g} of train, val top1 {100 * p['val_top1']:.2f})")
+        chosen = (f"chosen on {p['val_fraction']:g} of train, val top1 {100 * p['val_top1']:.2f}"
+                  if p.get("val_top1") is not None else "fixed, no search")
+        return f"frozen features, {p['optimizer']} {p['epochs']} epochs, lr {p['lr']:g}, wd {p['weight_decay']:g} ({chosen})"
     if row["protocol"] == "knn":
         return f"k={p['k']}, {p['similarity']}, weights exp(sim/T) T={p['temperature']:g}, bank: {p['bank']}"
     if row["protocol"] == "retrieval":
