@@ -9,7 +9,8 @@ the backbone and the batch size replaced, through a real pl.Trainer on synthetic
 region runs from on_train_batch_start to on_train_batch_end: training_step (every view's forward, momentum
 encoders, queues, clustering, loss, online probes, logging) + backward + optimizer step. The batch transfer
 and the Kornia views come before it and are not timed. Median over --steps after --warmup steps; CUDA
-events on a GPU, perf_counter on the CPU. images/s counts images, not views.
+events on a GPU, perf_counter on the CPU. images/s counts images, not views. For CoKe the table also gives
+the share of the step spent in its clustering (assignment + dual, centre and label-memory updates).
 """
 from __future__ import annotations
 
@@ -59,6 +60,34 @@ class StepTimer(pl.Callback):
         return [(end - start) * 1e3 for start, end in timed]
 
 
+class ClusteringTimer:
+    """Wraps a CoKe module's `clustering.step` to time the clustering share of the step."""
+
+    def __init__(self, clustering, cuda: bool):
+        self.original, self.cuda, self.marks = clustering.step, cuda, []
+        clustering.step = self
+
+    def _mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def __call__(self, *args, **kwargs):
+        start = self._mark()
+        out = self.original(*args, **kwargs)
+        self.marks.append((start, self._mark()))
+        return out
+
+    def ms(self, warmup: int) -> list[float]:
+        timed = self.marks[warmup:]
+        if self.cuda:
+            torch.cuda.synchronize()
+            return [start.elapsed_time(end) for start, end in timed]
+        return [(end - start) * 1e3 for start, end in timed]
+
+
 def synthetic_datamodule(cfg, num_images: int) -> PretrainDataModule:
     size = max(cfg.augment.crop_size, cfg.augment.eval_resize)
     rng = np.random.default_rng(0)
@@ -72,7 +101,8 @@ def synthetic_datamodule(cfg, num_images: int) -> PretrainDataModule:
     return datamodule
 
 
-def time_method(method: str, args) -> list[float]:
+def time_method(method: str, args) -> tuple[list[float], list[float]]:
+    """Per-step milliseconds, and for CoKe the milliseconds of its clustering step (else empty)."""
     config = REPO / "configs" / "pretrain" / f"{method}_{args.data}.yaml"
     overrides = [
         f"method.name={method}", f"model.backbone={args.backbone}", f"data.batch_size={args.batch_size}",
@@ -85,13 +115,14 @@ def time_method(method: str, args) -> list[float]:
     model = method_class(method)(to_plain(cfg), asdict(datamodule.info))
     precision = args.precision or (cfg.trainer.get("precision", "bf16-mixed") if args.device == "cuda" else "32")
     timer = StepTimer(args.warmup)
+    clustering = ClusteringTimer(model.clustering, args.device == "cuda") if hasattr(model, "clustering") else None
     trainer = pl.Trainer(
         accelerator=args.device, devices=1, max_epochs=1, max_steps=steps, precision=precision, logger=False,
         callbacks=[timer], enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         limit_val_batches=0, num_sanity_val_steps=0,
     )
     trainer.fit(model, datamodule=datamodule)
-    return timer.step_ms()
+    return timer.step_ms(), clustering.ms(args.warmup) if clustering else []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,14 +150,20 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown method(s) {', '.join(unknown)}; registered: {', '.join(sorted(METHODS))}")
 
-    results = {m: statistics.median(time_method(m, args)) for m in methods}
+    results, clustering_ms = {}, {}
+    for method in methods:
+        step_ms, cluster_ms = time_method(method, args)
+        results[method] = statistics.median(step_ms)
+        if cluster_ms:
+            clustering_ms[method] = statistics.median(cluster_ms)
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"\n{args.backbone}, batch {args.batch_size}, configs *_{args.data}.yaml, {device}, "
           f"median of {args.steps} steps after {args.warmup} warm-up\n")
-    print(f"| method | ms/step | images/s | time vs {reference} |")
-    print("|---|---:|---:|---:|")
+    print(f"| method | ms/step | images/s | time vs {reference} | clustering share |")
+    print("|---|---:|---:|---:|---:|")
     for method, ms in results.items():
-        print(f"| {method} | {ms:.1f} | {args.batch_size / ms * 1e3:.0f} | {ms / results[reference]:.2f}x |")
+        share = f"{clustering_ms[method] / ms:.1%}" if method in clustering_ms else "-"
+        print(f"| {method} | {ms:.1f} | {args.batch_size / ms * 1e3:.0f} | {ms / results[reference]:.2f}x | {share} |")
     return 0
 
 
