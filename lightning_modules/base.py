@@ -149,7 +149,12 @@ class PretrainModule(pl.LightningModule):
             warmup_cosine, total_steps=total, warmup_steps=int(optim_cfg.warmup_epochs * steps_per_epoch),
             zero_steps=self.zero_lr_epochs * steps_per_epoch, min_ratio=optim_cfg.min_lr_ratio,
         )
-        self.lr_scaling = {"global_batch": global_batch, "base_lr": optim_cfg.lr, "lr": lr, "scaled": optim_cfg.scale_lr}
+        t = self.trainer
+        self.lr_scaling = {
+            "global_batch": global_batch, "per_device_batch": self.cfg.data.batch_size, "devices": t.num_devices,
+            "num_nodes": t.num_nodes, "accumulate_grad_batches": t.accumulate_grad_batches,
+            "base_lr": optim_cfg.lr, "lr": lr, "scaled": optim_cfg.scale_lr,
+        }
         scheduler = LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -157,10 +162,12 @@ class PretrainModule(pl.LightningModule):
         info = getattr(self, "lr_scaling", {})
         if self.logger is not None and info:
             self.logger.log_hyperparams({f"optim/{k}": v for k, v in info.items()})
-        self.print(
-            f"global batch {info.get('global_batch')}: lr = {info.get('base_lr')} x {info.get('global_batch')}/256"
-            f" = {info.get('lr')}" if info.get("scaled") else f"lr {info.get('lr')} (not batch-scaled)"
-        )
+        batch = (f"global batch {info.get('global_batch')} = {info.get('per_device_batch')} per device x "
+                 f"{info.get('devices')} device(s) x {info.get('num_nodes')} node(s) x "
+                 f"{info.get('accumulate_grad_batches')} accumulated")
+        lr = (f"lr = {info.get('base_lr')} x {info.get('global_batch')}/256 = {info.get('lr')}" if info.get("scaled")
+              else f"lr {info.get('lr')} (not batch-scaled)")
+        self.print(f"{batch}: {lr}")
 
     def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:
         if batch_idx % max(1, self.cfg.logger.log_every_n_steps) == 0:

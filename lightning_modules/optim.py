@@ -32,6 +32,8 @@ def scaled_lr(base_lr: float, global_batch: int, scale: bool) -> float:
 
 
 def build_optimizer(cfg, groups: list[dict], lr: float, on_cuda: bool) -> torch.optim.Optimizer:
+    if cfg.implementation not in ("auto", "default", "foreach", "fused"):
+        raise ValueError(f"unknown optim.implementation `{cfg.implementation}`; use auto, foreach, fused or default")
     impl = {} if cfg.implementation in ("auto", "default") else {cfg.implementation: True}
     if cfg.implementation == "auto" and on_cuda and cfg.name in ("sgd", "adamw"):
         impl = {"fused": True}
@@ -41,7 +43,10 @@ def build_optimizer(cfg, groups: list[dict], lr: float, on_cuda: bool) -> torch.
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), **impl)
     if cfg.name == "lars":
         # LARS adaptation is skipped for groups with weight_decay 0 (biases, norms, probes).
-        return Lars(groups, lr=lr, momentum=cfg.momentum)
+        if cfg.implementation == "fused":
+            raise ValueError("optim.implementation=fused: LARS has no fused kernel. Use auto (timm's LARS is "
+                             "multi-tensor/foreach wherever torch supports it) or foreach")
+        return Lars(groups, lr=lr, momentum=cfg.momentum, **impl)
     raise ValueError(f"unknown optim.name `{cfg.name}`; use sgd, lars or adamw")
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -48,11 +49,36 @@ def find_resume_checkpoint(cfg, run_name: str) -> Path | None:
     return candidates[-1]
 
 
+# "<pid>:<dir>": rank 0's run directory, inherited by the processes Lightning's DDP launcher starts from it
+# (their parent pid is <pid>; a later run in rank 0's own process does not pick it up).
+RUN_DIR_ENV = "COKE_RUN_DIR"
+
+
+def launch_rank() -> int:
+    """This process's global rank as its launcher (srun, torchrun, Lightning's DDP launcher) set it, before
+    torch.distributed exists; only whether it is 0 matters here."""
+    for key in ("RANK", "SLURM_PROCID"):
+        if key in os.environ:
+            return int(os.environ[key])
+    return int(os.environ.get("NODE_RANK", 0)) + int(os.environ.get("LOCAL_RANK", 0))
+
+
 def prepare_run_dir(cfg, run_name: str, resume_from: Path | None) -> Path:
-    """A new directory per run (``<run_dir>/<name>/<timestamp>``); a resumed run continues in its own."""
-    run_dir = resume_from.parent.parent if resume_from else Path(cfg.run_dir, run_name, time.strftime("%Y%m%d-%H%M%S"))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_FILE).write_text(to_yaml(cfg))
+    """A new directory per run (``<run_dir>/<name>/<timestamp>``); a resumed run continues in its own.
+
+    Only rank 0 creates it and writes the config: the other ranks start later (their timestamp would differ) and
+    Lightning writes checkpoints and logs from rank 0 only.
+    """
+    if resume_from:
+        run_dir = resume_from.parent.parent
+    elif os.environ.get(RUN_DIR_ENV, "").startswith(f"{os.getppid()}:"):
+        run_dir = Path(os.environ[RUN_DIR_ENV].split(":", 1)[1])
+    else:
+        run_dir = Path(cfg.run_dir, run_name, time.strftime("%Y%m%d-%H%M%S"))
+    if launch_rank() == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / CONFIG_FILE).write_text(to_yaml(cfg))
+        os.environ[RUN_DIR_ENV] = f"{os.getpid()}:{run_dir}"
     return run_dir
 
 
