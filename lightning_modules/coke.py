@@ -79,12 +79,23 @@ class CoKe(PretrainModule):
         centers = self.clustering.loss_centers().to(h.dtype)
         return [F.normalize(h, dim=1) @ c.T / self.temperature for c in self.clustering.split_heads(centers)]
 
-    def hard_ce(self, logits: list[torch.Tensor], labels: torch.Tensor, batch: dict) -> torch.Tensor:
+    def stage2_targets(self, index: torch.Tensor) -> list[torch.Tensor] | None:
+        """Stage-2 soft targets of the earlier stage-2 epochs: call BEFORE the step writes this epoch's labels."""
+        if not self.in_stage2():
+            return None
+        return [self.clustering.dense_soft_targets(index, head) for head in range(len(self.clustering.num_clusters))]
+
+    def hard_ce(self, logits: list[torch.Tensor], labels: torch.Tensor, batch: dict,
+                soft: list[torch.Tensor] | None = None) -> torch.Tensor:
         losses = []
         for head, head_logits in enumerate(logits):
-            if self.in_stage2():
-                target = self.clustering.dense_soft_targets(batch["index"], head)
-                losses.append(-(target * F.log_softmax(head_logits.float(), 1)).sum(1).mean())
+            if soft is not None:
+                # No stage-2 label yet (the first stage-2 epoch): the previous epoch's hard label, as the reference.
+                known = labels[:, head:head + 1] >= 0
+                hard = F.one_hot(labels[:, head].clamp_min(0), head_logits.shape[1]).to(soft[head].dtype) * known
+                target = torch.where(soft[head].sum(1, keepdim=True) > 0, soft[head], hard)
+                rows = (target.sum(1) > 0).sum().clamp_min(1)
+                losses.append(-(target * F.log_softmax(head_logits.float(), 1)).sum() / rows)
             else:
                 valid = labels[:, head] >= 0  # -1: no label yet (first epoch)
                 ce = F.cross_entropy(head_logits[valid].float(), labels[valid, head]) if valid.any() else head_logits.sum() * 0
@@ -97,12 +108,13 @@ class CoKe(PretrainModule):
         outputs = [self.prediction(zi) for zi in z] if self.prediction is not None else z
         num_large = 2 if self.two_views else 1
         x = F.normalize(z[0], dim=1) if num_large == 1 else (F.normalize(z[0], dim=1) + F.normalize(z[1], dim=1)) / 2
+        soft = self.stage2_targets(batch["index"])  # read before cluster_step writes this step's labels
         labels = self.cluster_step(x, batch)
         logits = [self.head_logits(h) for h in outputs]
         if num_large == 1:
-            loss = sum(self.hard_ce(lg, labels, batch) for lg in logits) / len(logits)
+            loss = sum(self.hard_ce(lg, labels, batch, soft) for lg in logits) / len(logits)
             if m.beta and self.prediction is not None:
-                loss = loss + m.beta * self.hard_ce(self.head_logits(z[0]), labels, batch)
+                loss = loss + m.beta * self.hard_ce(self.head_logits(z[0]), labels, batch, soft)
         else:
             loss = self.two_view_loss(logits, labels, batch)
         if self.coarse_head is not None:

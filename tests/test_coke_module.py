@@ -246,6 +246,50 @@ def test_two_view_clusters_on_the_unrenormalised_mean_and_small_crops_are_studen
         assert torch.equal(value, after[key]), key
 
 
+def test_stage2_loss_reads_the_soft_targets_before_this_step_writes(cifar10, monkeypatch):
+    """Stage 2 (one view): the target is a softmax at t = 0.5 of the label frequencies over the EARLIER
+    stage-2 epochs, read before this step's label is written (design §5, rule 5); in the first stage-2 epoch,
+    with no stage-2 label yet, it is the previous epoch's hard label."""
+    module = CoKe(coke_cfg(ONE_VIEW, "method.num_clusters=[6,9]", "method.stage2_epochs=3"),
+                  {"num_train": 20, "num_fine": 10, "num_coarse": 2})
+    module.eval()
+    monkeypatch.setattr(CoKe, "in_stage2", lambda self: True)
+    images, batch = _references_batch(cifar10)
+    memory, _ = _prime(module, 20)
+    state = module.clustering
+    state.begin_stage2()
+    ids = batch["index"]
+    stage_labels = []  # per stage-2 epoch, the labels this batch got
+    g = torch.Generator().manual_seed(5)
+    for epoch in range(3):
+        with torch.no_grad():  # fresh centres: the labels move from epoch to epoch
+            state.centers.copy_(F.normalize(torch.randn(state.centers.shape, generator=g), dim=1))
+            state.duals.zero_()
+        centers = state.loss_centers().clone()
+        prev = state.label_memory[ids].clone()
+        feats = [module(images)]
+        loss = module.training_loss(batch, feats)
+        h = F.normalize(module.prediction(module.projection(feats[0])), dim=1)
+        ref = 0
+        for j, (c, k) in enumerate(zip(centers.split([6, 9]), [6, 9])):
+            log_p = F.log_softmax(h @ c.T / 0.1, 1)
+            if not stage_labels:  # first stage-2 epoch: the previous epoch's hard label
+                target = F.one_hot(prev[:, j].clamp_min(0), k).float() * (prev[:, j:j + 1] >= 0)
+                ref = ref + -(target * log_p).sum(1).sum() / (prev[:, j] >= 0).sum() / 2
+                continue
+            target = torch.zeros(len(ids), k)
+            for row in range(len(ids)):
+                seen = [labels[row, j].item() for labels in stage_labels]
+                weights = {label: seen.count(label) / len(seen) for label in set(seen)}
+                probs = torch.softmax(torch.tensor(list(weights.values())) / 0.5, 0)
+                target[row, list(weights)] = probs
+            ref = ref + -(target * log_p).sum(1).mean() / 2
+        torch.testing.assert_close(loss, ref)
+        stage_labels.append(state.label_memory[ids].clone())
+        state.end_epoch()
+    assert not torch.equal(stage_labels[0], stage_labels[1])  # the last target really was soft somewhere
+
+
 # ------------------------------------------------------------------------------------ variants
 @pytest.mark.parametrize("config, extra", [
     (TWO_VIEW, []),
@@ -297,14 +341,15 @@ def test_resume_mid_epoch_reproduces_the_clustering_state(tmp_path, cifar10_tar,
 
 
 # ------------------------------------------------------------------------------------- stage 2
-def test_stage2_trains_on_soft_targets(tmp_path, cifar10_tar, cache_dir, monkeypatch):
+def test_stage2_fit_trains_on_soft_targets(tmp_path, cifar10_tar, cache_dir, monkeypatch):
+    """Five epochs, the last three in stage 2: each step's targets are the label frequencies of the instance
+    over the earlier stage-2 epochs (softmax at t = 0.5); none yet in the first stage-2 epoch."""
     calls = []
     original = CokeState.dense_soft_targets
 
     def recording(self, index, head):
         target = original(self, index, head)
-        calls.append((int(self.epoch), head, index.clone(), target.clone(), self.label_memory[index, head].clone(),
-                      self.slot_labels[index, head].clone()))
+        calls.append((int(self.epoch), head, index.clone(), target.clone()))
         return target
 
     monkeypatch.setattr(CokeState, "dense_soft_targets", recording)
@@ -316,33 +361,28 @@ def test_stage2_trains_on_soft_targets(tmp_path, cifar10_tar, cache_dir, monkeyp
         return original_end(self)
 
     monkeypatch.setattr(CokeState, "end_epoch", remember)
-    run_dir = run(ONE_VIEW, tmp_path, cifar10_tar, cache_dir, *SMALL, "trainer.max_epochs=4", "method.stage2_epochs=2",
+    run_dir = run(ONE_VIEW, tmp_path, cifar10_tar, cache_dir, *SMALL, "trainer.max_epochs=5", "method.stage2_epochs=3",
                   "logger.log_every_n_steps=1")
     losses = metrics(run_dir)["train/loss"]
+    assert len(losses) == 5 * STEPS
     assert all(math.isfinite(v) for v in losses) and all(v > 0 for v in losses[STEPS:])
-    assert {c[0] for c in calls} == {2, 3}  # only the last two epochs (the stage-2 epochs)
-    assert len(calls) == 2 * STEPS * 2  # every stage-2 step, both heads
+    assert {c[0] for c in calls} == {2, 3, 4}  # only the stage-2 epochs
+    assert len(calls) == 3 * STEPS * 2  # every stage-2 step, both heads
 
-    seen_in_stage = torch.zeros(200, dtype=torch.bool)
-    for epoch, _, index, *_ in calls:
-        seen_in_stage[index] |= epoch == 2
+    seen = {epoch: torch.zeros(200, dtype=torch.bool) for epoch in (2, 3, 4)}
+    for epoch, _, index, _ in calls:
+        seen[epoch][index] = True
     soft_rows = 0
-    for epoch, head, index, target, current, _ in calls:
-        assert torch.allclose(target.sum(1), torch.ones(len(index)))
-        rows = torch.arange(len(index))
-        if epoch == 2:  # the first stage-2 epoch: only this epoch's label
-            assert torch.equal(target[rows, current], torch.ones(len(index)))
-            continue
-        earlier = memories[2][index, head]  # the label of the first stage-2 epoch
-        same = (earlier == current) & seen_in_stage[index]
-        assert torch.allclose(target[rows[same], current[same]], torch.ones(int(same.sum())))
-        assert torch.allclose(target[rows[~seen_in_stage[index]], current[~seen_in_stage[index]]],
-                              torch.ones(int((~seen_in_stage[index]).sum())))  # slots start empty in stage 2
-        twice = ~same & seen_in_stage[index]
-        # two labels seen once each in two epochs: weights 1/2 and 1/2, softmax at t = 0.5 -> equal halves
-        assert torch.allclose(target[rows[twice], current[twice]], torch.full((int(twice.sum()),), 0.5))
-        assert torch.allclose(target[rows[twice], earlier[twice]], torch.full((int(twice.sum()),), 0.5))
-        soft_rows += int(twice.sum())
+    for epoch, head, index, target in calls:
+        for row, i in enumerate(index.tolist()):
+            earlier = [memories[e][i, head].item() for e in range(2, epoch) if seen[e][i]]
+            expected = torch.zeros(target.shape[1])
+            if earlier:
+                labels = sorted(set(earlier))
+                weights = torch.tensor([earlier.count(label) / len(earlier) for label in labels])
+                expected[labels] = torch.softmax(weights / 0.5, 0)
+                soft_rows += len(labels) > 1
+            torch.testing.assert_close(target[row], expected, msg=f"epoch {epoch} head {head} instance {i}")
     assert soft_rows > 0  # some targets really were soft
 
 
