@@ -3,6 +3,7 @@ superclasses, CoIns, CoKe with coarse labels. The losses against plain reference
 method on CIFAR-10 through train.main, the CIFAR-100 (20 -> 100) path on the real fragment, and the error on a
 data set without superclasses. The restricted CoKe assignment itself is tested in test_coke_state.py.
 """
+import json
 import math
 import pickle
 import shutil
@@ -184,3 +185,28 @@ def test_cifar100_fragment_runs_unchanged(config, tmp_path, cifar10_tar, cifar10
         assert ((labels >= torch.from_numpy(starts[coarse])) & (labels < torch.from_numpy(starts[coarse + 1]))).all()
     else:
         assert state["classifier.weight"].shape[0] == 20
+
+
+@pytest.mark.slow
+def test_benchmark_runs_on_cifar100_fragment(tmp_path, cifar100_fragment, cache_dir):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("coarse_to_fine", CONFIGS.parent.parent / "benchmarks" / "coarse_to_fine.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    folder = cifar100_pickles(cifar100_fragment, tmp_path / "cifar-100-python")
+    out = tmp_path / "bench"
+    code = bench.main([
+        "--data", str(folder), "--rows", "coarse-ce,coke-coarse", "--budget", "1", "--subset", "0", "--eval-subset", "0",
+        "--backbone", "test_resnet", "--batch-size", "64", "--out", str(out),
+        "--set", f"data.cache_dir={cache_dir}", "model.proj_hidden_dim=128", "model.pred_hidden_dim=128",
+        "--eval-set", "linear.epochs=5", "linear.lrs=[0.1]", "linear.weight_decays=[0.0]",
+    ])
+    assert code == 0
+    results = json.loads((out / "coarse_to_fine.json").read_text())
+    assert [r["row"] for r in results] == ["coarse-ce", "coke-coarse"]
+    for r in results:
+        for key in ("online coarse", "fine linear", "fine within superclass", "kNN top-1", "R@1"):
+            assert 0.0 <= r[key] <= 1.0, (r["row"], key)
+    table = (out / "coarse_to_fine.md").read_text()
+    assert table.startswith("| row |") and "| coke-coarse | superclass labels |" in table
