@@ -50,7 +50,8 @@ def find_resume_checkpoint(cfg, run_name: str) -> Path | None:
 
 
 # "<pid>:<dir>": rank 0's run directory, inherited by the processes Lightning's DDP launcher starts from it
-# (their parent pid is <pid>; a later run in rank 0's own process does not pick it up).
+# (their parent pid is <pid> and their rank is not 0; a later run in rank 0's own process, or a rank-0 child
+# it starts, does not pick it up).
 RUN_DIR_ENV = "COKE_RUN_DIR"
 
 
@@ -71,7 +72,7 @@ def prepare_run_dir(cfg, run_name: str, resume_from: Path | None) -> Path:
     """
     if resume_from:
         run_dir = resume_from.parent.parent
-    elif os.environ.get(RUN_DIR_ENV, "").startswith(f"{os.getppid()}:"):
+    elif launch_rank() != 0 and os.environ.get(RUN_DIR_ENV, "").startswith(f"{os.getppid()}:"):
         run_dir = Path(os.environ[RUN_DIR_ENV].split(":", 1)[1])
     else:
         run_dir = Path(cfg.run_dir, run_name, time.strftime("%Y%m%d-%H%M%S"))

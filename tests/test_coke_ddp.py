@@ -267,9 +267,9 @@ def test_ddp_spawn_fit_keeps_ranks_identical_and_label_memory_consistent(tmp_pat
         "trainer.strategy=ddp_spawn", "trainer.max_epochs=3", "trainer.check_val_every_n_epoch=3",
         "optim.name=sgd", "optim.warmup_epochs=0", f"run_dir={tmp_path / 'runs'}", "run_name=ddp",
     ]
-    # A fresh launch: drop the run directory that an in-process train.main of an earlier test advertised to its
-    # child processes (runs.RUN_DIR_ENV, keyed by parent pid, which this subprocess would otherwise match).
-    env = {k: v for k, v in os.environ.items() if k != "COKE_RUN_DIR"}
+    # The environment is inherited as is: a run directory advertised by an earlier in-process train.main must not
+    # capture this fresh (rank-0) launch.
+    env = dict(os.environ)
     env.update(PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, str(tmp_path / "driver.py"), str(out), *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)

@@ -84,3 +84,16 @@ def test_two_process_ddp_fit_through_train_py(tmp_path, cifar10_tar, cache_dir):
     assert "optim/global_batch: 128" in hparams and "optim/devices: 2" in hparams
     # 200 images over 2 ranks of 64: one step per epoch, two epochs
     assert len(metrics(run_dir)["train/loss"]) == 2
+
+
+def test_only_a_launched_nonzero_rank_joins_the_advertised_run_directory(tmp_path, clean_env, monkeypatch):
+    from lightning_modules.runs import RUN_DIR_ENV, prepare_run_dir
+
+    cfg = load_config(None, [f"run_dir={tmp_path / 'runs'}"], method_schemas())
+    advertised = tmp_path / "runs" / "earlier" / "20260101-000000"
+    monkeypatch.setenv(RUN_DIR_ENV, f"{os.getppid()}:{advertised}")
+    fresh = prepare_run_dir(cfg, "fresh", None)  # a rank-0 launch by a process that ran train.main before
+    assert fresh != advertised and fresh.parent.name == "fresh" and (fresh / "config.yaml").is_file()
+    monkeypatch.setenv(RUN_DIR_ENV, f"{os.getppid()}:{advertised}")
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a rank Lightning's launcher started
+    assert prepare_run_dir(cfg, "fresh", None) == advertised
