@@ -158,8 +158,9 @@ class Budget(pl.Callback):
         done = trainer.current_epoch + 1
         times = self.epoch_seconds[1:] or self.epoch_seconds
         epochs = max(done + 1, done + int((self.budget - now) // max(sum(times) / len(times), 1e-9)))
-        if epochs == trainer.fit_loop.max_epochs:
-            return
+        current = trainer.fit_loop.max_epochs
+        if self.warmup is not None and abs(epochs - current) <= max(1, 0.05 * current):
+            return  # within 5%: keep the schedule steady rather than chase timing noise
         optim_cfg = pl_module.cfg.optim
         steps = trainer.num_training_batches
         if self.warmup is None:
