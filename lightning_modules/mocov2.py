@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from configs.schema import MethodConfig
 from lightning_modules.base import PretrainModule
-from lightning_modules.momentum import MomentumEncoder, cosine_momentum
+from lightning_modules.momentum import MomentumEncoder, MomentumKeys
 from ops.contrastive import info_nce
 from ops.distributed import gather_no_grad
 
@@ -28,7 +28,7 @@ class MoCoV2Config(MethodConfig):
     final_momentum: float = 1.0
 
 
-class MoCoV2(PretrainModule):
+class MoCoV2(MomentumKeys, PretrainModule):
     Config = MoCoV2Config
 
     def __init__(self, cfg: dict, data_info: dict):
@@ -39,18 +39,6 @@ class MoCoV2(PretrainModule):
         self.register_buffer("queue", F.normalize(torch.randn(self.method_cfg.queue_size, dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self._ddp_params_and_buffers_to_ignore = ["queue", "queue_ptr"]
-
-    def momentum(self) -> float:
-        cfg = self.method_cfg
-        total = self.trainer.estimated_stepping_batches
-        return cosine_momentum(self.global_step, total, cfg.base_momentum, cfg.final_momentum)
-
-    @torch.no_grad()
-    def momentum_keys(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
-        momentum = self.momentum()
-        self.log("train/momentum", momentum)
-        self.key_encoder.update([self.backbone, self.projection], momentum)
-        return self.key_encoder.encode_views(views, self.cfg.model.channels_last)
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:

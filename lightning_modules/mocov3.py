@@ -11,7 +11,7 @@ import torch
 
 from configs.schema import MethodConfig
 from lightning_modules.base import PretrainModule
-from lightning_modules.momentum import MomentumEncoder, cosine_momentum
+from lightning_modules.momentum import MomentumEncoder, MomentumKeys
 from ops.contrastive import moco_v3_loss
 
 
@@ -23,7 +23,7 @@ class MoCoV3Config(MethodConfig):
     final_momentum: float = 1.0
 
 
-class MoCoV3(PretrainModule):
+class MoCoV3(MomentumKeys, PretrainModule):
     Config = MoCoV3Config
 
     def __init__(self, cfg: dict, data_info: dict):
@@ -31,18 +31,6 @@ class MoCoV3(PretrainModule):
         self.projection = self.projector(last_bn=True)
         self.prediction = self.predictor()
         self.key_encoder = MomentumEncoder(self.backbone, self.projection)
-
-    def momentum(self) -> float:
-        cfg = self.method_cfg
-        total = self.trainer.estimated_stepping_batches
-        return cosine_momentum(self.global_step, total, cfg.base_momentum, cfg.final_momentum)
-
-    @torch.no_grad()
-    def momentum_keys(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
-        momentum = self.momentum()
-        self.log("train/momentum", momentum)
-        self.key_encoder.update([self.backbone, self.projection], momentum)
-        return self.key_encoder.encode_views(views, self.cfg.model.channels_last)
 
     def training_loss(self, batch: dict, feats: list[torch.Tensor]) -> torch.Tensor:
         q1, q2 = (self.prediction(self.projection(f)) for f in feats[:2])

@@ -46,3 +46,20 @@ class MomentumEncoder(nn.Module):
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return list(self(images).chunk(len(views)))
+
+
+class MomentumKeys:
+    """Mixin for a PretrainModule with ``key_encoder`` = MomentumEncoder(backbone, projection) and a method
+    config with ``base_momentum`` and ``final_momentum``: the EMA step and the keys of the views."""
+
+    def momentum(self) -> float:
+        cfg = self.method_cfg
+        return cosine_momentum(self.global_step, self.trainer.estimated_stepping_batches, cfg.base_momentum,
+                               cfg.final_momentum)
+
+    @torch.no_grad()
+    def momentum_keys(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        momentum = self.momentum()
+        self.log("train/momentum", momentum)
+        self.key_encoder.update([self.backbone, self.projection], momentum)
+        return self.key_encoder.encode_views(views, self.cfg.model.channels_last)

@@ -24,6 +24,17 @@ def _require(path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Two shared cores: one intra-op thread avoids the stalls of oversubscribed threads (a module opts in)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     return _require(Path(default_data_root()))

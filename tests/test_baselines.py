@@ -15,7 +15,7 @@ from configs.loader import load_config, to_plain
 from datamodules import PretrainDataModule
 from lightning_modules.registry import method_class, method_schemas
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "pretrain"
 TINY = [
     "model.backbone=resnet10t", "model.cifar_stem=false", "model.proj_hidden_dim=256", "model.pred_hidden_dim=256",
@@ -35,15 +35,6 @@ STATE_BUFFERS = {
     "swav": ["queue", "queue_count"],
     "deepclusterv2": ["memory", "prototypes", "assignments", "clustered_epoch"],
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two shared cores: one intra-op thread avoids the stalls of oversubscribed threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def build(method: str, cifar10_tar, cache_dir, *overrides: str):

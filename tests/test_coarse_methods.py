@@ -5,8 +5,6 @@ data set without superclasses. The restricted CoKe assignment itself is tested i
 """
 import json
 import math
-import pickle
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from data_utils import write_cifar100_pickles
 from ops.coke_state import partition_clusters
 from ops.supervised import coins_loss, supervised_ce
 from training_utils import metrics, run
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "pretrain"
 
 
@@ -106,15 +106,6 @@ FITS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two shared cores: one intra-op thread avoids the stalls of oversubscribed threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("config", list(FITS))
 def test_short_fit_on_cifar10_learns(config, tmp_path, cifar10_tar, cache_dir):
@@ -137,20 +128,6 @@ def test_short_fit_on_cifar10_learns(config, tmp_path, cifar10_tar, cache_dir):
 
 
 # ---- the CIFAR-100 path (20 superclasses -> 100 classes) on the real fragment -------------------
-def cifar100_pickles(fragment: Path, folder: Path) -> Path:
-    """An official-format cifar-100-python folder holding the real fragment's images and labels."""
-    sample = np.load(fragment / "cifar100_prefix_sample.npz")
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(fragment / "meta", folder / "meta")
-    for split in ("train", "test"):
-        x = sample[f"{split}_x"]
-        blob = {b"data": x.reshape(len(x), -1), b"fine_labels": sample[f"{split}_fine"].tolist(),
-                b"coarse_labels": sample[f"{split}_coarse"].tolist()}
-        with open(folder / split, "wb") as f:
-            pickle.dump(blob, f)
-    return folder
-
-
 CIFAR100_FITS = {
     "supervised_coarse_cifar10": [],
     "coke_coarse_cifar10": ["method.num_clusters=[40]"],  # >= 20 superclasses; bound r·N/K ≈ 5 at N = 486
@@ -160,7 +137,7 @@ CIFAR100_FITS = {
 @pytest.mark.slow
 @pytest.mark.parametrize("config", list(CIFAR100_FITS))
 def test_cifar100_fragment_runs_unchanged(config, tmp_path, cifar10_tar, cifar100_fragment, cache_dir):
-    folder = cifar100_pickles(cifar100_fragment, tmp_path / "cifar-100-python")
+    folder = write_cifar100_pickles(cifar100_fragment, tmp_path / "cifar-100-python")
     sample = np.load(cifar100_fragment / "cifar100_prefix_sample.npz")
     run_dir = run(str(CONFIGS / f"{config}.yaml"), tmp_path, cifar10_tar, cache_dir, *CIFAR100_FITS[config],
                   "data.name=cifar100", f"data.path={folder}", "data.eval_subset=0", "trainer.max_epochs=2",
@@ -194,7 +171,7 @@ def test_benchmark_runs_on_cifar100_fragment(tmp_path, cifar100_fragment, cache_
     spec = importlib.util.spec_from_file_location("coarse_to_fine", CONFIGS.parent.parent / "benchmarks" / "coarse_to_fine.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    folder = cifar100_pickles(cifar100_fragment, tmp_path / "cifar-100-python")
+    folder = write_cifar100_pickles(cifar100_fragment, tmp_path / "cifar-100-python")
     out = tmp_path / "bench"
     code = bench.main([
         "--data", str(folder), "--rows", "coarse-ce,coke-coarse", "--budget", "1", "--subset", "0", "--eval-subset", "0",

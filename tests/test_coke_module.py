@@ -18,22 +18,13 @@ from lightning_modules.coke import CoKe
 from ops.coke_state import CokeState, partition_clusters
 from training_utils import TINY, metrics, run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "pretrain"
 ONE_VIEW = str(CONFIGS / "coke_cifar10.yaml")
 TWO_VIEW = str(CONFIGS / "coke_cifar10_twoview.yaml")
 SMALL = ["data.subset=20", "method.num_clusters=[5,10]", "trainer.check_val_every_n_epoch=100"]  # 200 images
 STEPS = 200 // 64  # per epoch (drop_last)
 STATE = ["centers", "prev_centers", "duals", "counters", "label_memory", "epoch"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two shared cores: one intra-op thread avoids the stalls of oversubscribed threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class Interrupted(Exception):

@@ -1,7 +1,5 @@
 """Readers, hierarchies, cache and splits on the real shared data."""
 import json
-import pickle
-import shutil
 import tarfile
 
 import numpy as np
@@ -12,6 +10,7 @@ from configs.loader import load_config
 from datamodules import CorruptImageError, MissingDataError, PretrainDataModule, load_split
 from datamodules.datasets import ImageDataset, per_class_rows, split_off_validation
 from datamodules.hierarchy import CIFAR10_SUPERCLASSES
+from data_utils import write_cifar100_pickles
 
 
 def data_cfg(**kw):
@@ -41,22 +40,9 @@ def test_cifar100_fragment_hierarchy_is_a_function(cifar100_fragment):
     assert [c for _, c in sorted(pairs)] == meta["fine_to_coarse"]
 
 
-def _write_cifar100_pickles(folder, fragment):
-    """An official-format cifar-100-python folder made from the real fragment images."""
-    sample = np.load(fragment / "cifar100_prefix_sample.npz")
-    folder.mkdir()
-    shutil.copy(fragment / "meta", folder / "meta")
-    for split in ("train", "test"):
-        x = sample[f"{split}_x"]
-        blob = {b"data": x.reshape(len(x), -1), b"fine_labels": sample[f"{split}_fine"].tolist(),
-                b"coarse_labels": sample[f"{split}_coarse"].tolist()}
-        with open(folder / split, "wb") as f:
-            pickle.dump(blob, f)
-    return sample
-
-
 def test_pickle_reader_cifar100_native_coarse(cifar100_fragment, tmp_path):
-    sample = _write_cifar100_pickles(tmp_path / "cifar-100-python", cifar100_fragment)
+    write_cifar100_pickles(cifar100_fragment, tmp_path / "cifar-100-python")
+    sample = np.load(cifar100_fragment / "cifar100_prefix_sample.npz")
     cfg = data_cfg(name="cifar100", root=tmp_path, cache_dir=tmp_path / "cache", download=False)
     train = load_split(cfg, "train")
     assert train.images.shape == sample["train_x"].shape
