@@ -143,9 +143,12 @@ def test_probe_on_a_briefly_trained_checkpoint_beats_random_init(tmp_path, cifar
 
     def top1(spec, *extra):
         report = run_eval(spec, tmp_path, cifar10_tar, cache_dir, *probe, *extra)
+        reports.append(report)
         return {r["protocol"]: r["value"] for r in report["results"] if r["level"] == "fine" and r["metric"] == "top1"}
 
+    reports = []
     trained = top1(run_dir / "checkpoints" / "last.ckpt")
+    assert reports[0]["checkpoint"]["epochs"] == 8 and reports[0]["checkpoint"]["planned_epochs"] == 8
     random_init = top1("random", "model.backbone=test_resnet", "model.cifar_stem=false")
     # 1,000 test images: a 3-point margin is about two standard errors; measured 32.6 vs 26.7 (linear), 30.9 vs 24.5 (kNN).
     assert trained["offline-linear"] > random_init["offline-linear"] + 0.03, (trained, random_init)

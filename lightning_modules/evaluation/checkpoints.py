@@ -44,7 +44,8 @@ def sidecar_path(weights_path: str | Path) -> Path:
 
 def _completed_epochs(ckpt: dict) -> Optional[int]:
     try:
-        return int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"])
+        # "processed": epochs whose training finished; "completed" is still one behind in the end-of-epoch save.
+        return int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
     except (KeyError, TypeError):
         return int(ckpt["epoch"]) if "epoch" in ckpt else None
 
