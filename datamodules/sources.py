@@ -5,7 +5,6 @@ folder or inside a ``.tar.gz`` (an optional single top-level folder is allowed i
 """
 from __future__ import annotations
 
-import io
 import logging
 import pickle
 import tarfile

@@ -5,7 +5,6 @@ A method subclasses :class:`PretrainModule`, builds its heads in ``__init__`` an
 """
 from __future__ import annotations
 
-import math
 from functools import partial
 from typing import Any
 

@@ -1,5 +1,4 @@
 """Kornia views: shapes, dtypes, ranges, per-sample randomness and seeded determinism, on real images."""
-import numpy as np
 import pytest
 import torch
 

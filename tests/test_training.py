@@ -1,5 +1,4 @@
 """The training base through train.py on real CIFAR-10: learning, resume, NaN stop, W&B offline history."""
-import os
 import time
 
 import pytest

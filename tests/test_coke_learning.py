@@ -1,0 +1,64 @@
+"""One-view CoKe learns on real CIFAR-10: the loss falls under the size bound with its dashboard logged, and a
+short fit beats a random-init backbone on the online fine probe."""
+import pytest
+import torch
+
+from test_coke_module import ONE_VIEW, clustering_state, last_checkpoint
+from training_utils import metrics, run
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+
+
+def test_one_view_fit_learns_keeps_the_bound_and_logs_the_dashboard(tmp_path, cifar10_tar, cache_dir):
+    run_dir = run(ONE_VIEW, tmp_path, cifar10_tar, cache_dir, "data.subset=80", "method.num_clusters=[16,32]",
+                  "trainer.max_epochs=4", "trainer.check_val_every_n_epoch=4", "logger.log_every_n_steps=1",
+                  "optim.probe_lr=0.5")
+    m = metrics(run_dir)
+    steps = 800 // 64
+    losses = m["train/loss"]
+    assert len(losses) == 4 * steps
+    assert losses[:steps] == [0.0] * steps  # epoch 0: no previous labels yet, nothing to predict
+    first, last = sum(losses[steps:2 * steps]) / steps, sum(losses[-steps:]) / steps
+    assert last < first - 0.1, (first, last)
+    assert m["online/fine_acc1"][-1] > 0.15  # chance is 0.1 on 10 balanced classes
+
+    seen = steps * 64
+    for head, k in enumerate([16, 32]):
+        bound = 0.4 * seen / k  # r·N/K over the instances an epoch sees
+        min_sizes, under = m[f"coke/h{head}_min_size"], m[f"coke/h{head}_under_bound"]
+        max_sizes = m[f"coke/h{head}_max_size"]
+        assert len(min_sizes) == len(under) == 4
+        for low, high, fraction in zip(min_sizes, max_sizes, under):
+            assert (fraction > 0) == (low < bound - 1e-4), (head, low, bound, fraction)  # reported iff violated
+            assert low <= seen / k <= high
+        assert min_sizes[-1] >= 0.9 * bound, (head, min_sizes, bound)  # no cluster ends >10% under the bound
+        assert all(0 <= d for d in m[f"coke/h{head}_dual_min"])
+        assert m[f"coke/h{head}_changed"][0] == 0.0 and 0 < m[f"coke/h{head}_changed"][-1] <= 1
+    for level in ("fine", "coarse"):
+        assert len(m[f"coke/nmi_{level}"]) == 4 and all(0 <= v <= 1 for v in m[f"coke/nmi_{level}"])
+    assert m["coke/nmi_fine"][-1] > 0.01
+
+    state = clustering_state(last_checkpoint(run_dir))
+    assert state["epoch"].item() == 4
+    assert (state["label_memory"] >= 0).float().mean() > 0.95
+    assert torch.allclose(state["centers"].norm(dim=1), torch.ones(48), atol=1e-5)
+    assert torch.equal(state["prev_centers"], state["centers"])  # frozen at the last epoch end
+    assert (state["counters"] == 0).all()  # reset at every epoch end
+
+
+def test_one_view_fit_beats_a_random_init_backbone_on_the_online_fine_probe(tmp_path, cifar10_tar, cache_dir):
+    """Same data, probe, schedule and seed; the baseline run has lr 0 for everything but the probe, so its
+    backbone stays at random init (only BN statistics move)."""
+    common = ("data.subset=250", "data.eval_subset=500", "method.num_clusters=[50,100]", "trainer.max_epochs=25",
+              "trainer.check_val_every_n_epoch=25", "optim.lr=1.6", "optim.probe_lr=0.5")
+
+    def fine_acc(name: str, *extra: str) -> float:
+        return metrics(run(ONE_VIEW, tmp_path / name, cifar10_tar, cache_dir, *common, *extra))["online/fine_acc1"][-1]
+
+    trained = fine_acc("coke")
+    random_init = fine_acc("random", "optim.lr=0.0")
+    print(f"online fine acc: CoKe {trained:.3f}, random init {random_init:.3f}")
+    # Measured on cpu2 with 5,000 test images (one standard error of the difference ~0.9 points): seed 0 0.310 vs
+    # 0.283, seed 1 0.296 vs 0.277. One-view CoKe learns slowly at this budget (~90% of the labels still change
+    # every epoch); after 8 epochs it does not beat random init at all.
+    assert trained > random_init + 0.01, (trained, random_init)
