@@ -35,29 +35,34 @@ from lightning_modules.registry import METHODS, method_class, method_schemas  # 
 BASELINES = ["simclr", "mocov2", "mocov3", "swav", "deepclusterv2", "coke"]
 
 
-class StepTimer(pl.Callback):
-    def __init__(self, warmup: int):
-        self.warmup, self.marks = warmup, []
+def mark(cuda: bool):
+    """A point in time: a recorded CUDA event on a GPU (no sync), perf_counter on the CPU."""
+    if cuda:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+    return time.perf_counter()
 
-    def _mark(self, trainer):
-        if trainer.strategy.root_device.type == "cuda":
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            return event
-        return time.perf_counter()
+
+def elapsed_ms(marks: list[tuple], cuda: bool) -> list[float]:
+    if cuda:
+        torch.cuda.synchronize()
+        return [start.elapsed_time(end) for start, end in marks]
+    return [(end - start) * 1e3 for start, end in marks]
+
+
+class StepTimer(pl.Callback):
+    def __init__(self, warmup: int, cuda: bool):
+        self.warmup, self.cuda, self.marks = warmup, cuda, []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.start = self._mark(trainer)
+        self.start = mark(self.cuda)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.marks.append((self.start, self._mark(trainer)))
+        self.marks.append((self.start, mark(self.cuda)))
 
     def step_ms(self) -> list[float]:
-        timed = self.marks[self.warmup :]
-        if timed and isinstance(timed[0][0], torch.cuda.Event):
-            torch.cuda.synchronize()
-            return [start.elapsed_time(end) for start, end in timed]
-        return [(end - start) * 1e3 for start, end in timed]
+        return elapsed_ms(self.marks[self.warmup :], self.cuda)
 
 
 class ClusteringTimer:
@@ -67,25 +72,14 @@ class ClusteringTimer:
         self.original, self.cuda, self.marks = clustering.step, cuda, []
         clustering.step = self
 
-    def _mark(self):
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            return event
-        return time.perf_counter()
-
     def __call__(self, *args, **kwargs):
-        start = self._mark()
+        start = mark(self.cuda)
         out = self.original(*args, **kwargs)
-        self.marks.append((start, self._mark()))
+        self.marks.append((start, mark(self.cuda)))
         return out
 
     def ms(self, warmup: int) -> list[float]:
-        timed = self.marks[warmup:]
-        if self.cuda:
-            torch.cuda.synchronize()
-            return [start.elapsed_time(end) for start, end in timed]
-        return [(end - start) * 1e3 for start, end in timed]
+        return elapsed_ms(self.marks[warmup:], self.cuda)
 
 
 def synthetic_datamodule(cfg, num_images: int) -> PretrainDataModule:
@@ -114,8 +108,9 @@ def time_method(method: str, args) -> tuple[list[float], list[float]]:
     pl.seed_everything(0)
     model = method_class(method)(to_plain(cfg), asdict(datamodule.info))
     precision = args.precision or (cfg.trainer.get("precision", "bf16-mixed") if args.device == "cuda" else "32")
-    timer = StepTimer(args.warmup)
-    clustering = ClusteringTimer(model.clustering, args.device == "cuda") if hasattr(model, "clustering") else None
+    cuda = args.device == "cuda"
+    timer = StepTimer(args.warmup, cuda)
+    clustering = ClusteringTimer(model.clustering, cuda) if hasattr(model, "clustering") else None
     trainer = pl.Trainer(
         accelerator=args.device, devices=1, max_epochs=1, max_steps=steps, precision=precision, logger=False,
         callbacks=[timer], enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

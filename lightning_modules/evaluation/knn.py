@@ -6,8 +6,7 @@ from typing import Any, Optional
 import torch
 
 from lightning_modules.evaluation.features import FeatureSet
-from lightning_modules.evaluation.metrics import classification_metrics, within_superclass_accuracy
-from lightning_modules.evaluation.report import result_row
+from lightning_modules.evaluation.report import result_row, score_rows
 from ops.knn import cosine_topk, weighted_vote
 from ops.retrieval import recall_from_neighbours
 
@@ -27,11 +26,7 @@ def run_knn(train: FeatureSet, test: FeatureSet, levels: list[str], num_classes:
         for k in ks:
             scores = weighted_vote(sims, bank_labels[ids], num_classes[level], k, cfg.temperature)
             params = dict(k=k, temperature=cfg.temperature, similarity="cosine", bank="train", bank_images=len(train))
-            for metric, value in classification_metrics(scores, labels).items():
-                rows.append(result_row("knn", level, metric, value, "test", **params))
-            if level == "fine" and fine_to_coarse is not None:
-                value = within_superclass_accuracy(scores, labels, fine_to_coarse)
-                rows.append(result_row("knn", "fine-within-superclass", "top1", value, "test", **params))
+            rows += score_rows("knn", level, scores, labels, fine_to_coarse, **params)
     return rows
 
 

@@ -21,8 +21,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
 from lightning_modules.evaluation.features import FeatureSet
-from lightning_modules.evaluation.metrics import classification_metrics, within_superclass_accuracy
-from lightning_modules.evaluation.report import result_row
+from lightning_modules.evaluation.report import score_rows
 
 
 class LinearProbe(pl.LightningModule):
@@ -142,9 +141,5 @@ def run_linear(train: FeatureSet, test: FeatureSet, levels: list[str], num_class
         test_labels = test.labels(level)[known_test]
         params = dict(optimizer=cfg.optimizer, epochs=cfg.epochs, batch_size=cfg.batch_size, val_fraction=val_fraction,
                       val_top1=val_top1, train_images=int(labels.numel()), standardized=True, **setting)
-        for metric, value in classification_metrics(scores, test_labels).items():
-            rows.append(result_row("offline-linear", level, metric, value, "test", **params))
-        if level == "fine" and fine_to_coarse is not None:
-            value = within_superclass_accuracy(scores, test_labels, fine_to_coarse)
-            rows.append(result_row("offline-linear", "fine-within-superclass", "top1", value, "test", **params))
+        rows += score_rows("offline-linear", level, scores, test_labels, fine_to_coarse, **params)
     return rows

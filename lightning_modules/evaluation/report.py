@@ -35,6 +35,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from lightning_modules.evaluation.metrics import classification_metrics, within_superclass_accuracy
+
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 PROTOCOL_NAMES = {"linear": "offline-linear", "knn": "knn", "retrieval": "retrieval", "clustering": "clustering"}
@@ -44,6 +46,16 @@ TABLE_COLUMNS = ["protocol", "protocol details", "level", "metric", "value (%)",
 
 def result_row(protocol: str, level: str, metric: str, value: float, split: str, **params: Any) -> dict:
     return {"protocol": protocol, "level": level, "metric": metric, "value": float(value), "split": split, "params": params}
+
+
+def score_rows(protocol: str, level: str, scores, labels, fine_to_coarse, **params: Any) -> list[dict]:
+    """Rows for class scores on test: top-1 (and top-5), plus fine top-1 within the true superclass for fine labels."""
+    rows = [result_row(protocol, level, metric, value, "test", **params)
+            for metric, value in classification_metrics(scores, labels).items()]
+    if level == "fine" and fine_to_coarse is not None:
+        value = within_superclass_accuracy(scores, labels, fine_to_coarse)
+        rows.append(result_row(protocol, "fine-within-superclass", "top1", value, "test", **params))
+    return rows
 
 
 def protocol_details(row: dict) -> str:
