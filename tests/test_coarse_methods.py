@@ -118,6 +118,7 @@ def test_short_fit_on_cifar10_learns(config, tmp_path, cifar10_tar, cache_dir):
         steps = len(m["train/loss"]) // 3
         first, last = sum(m["train/loss"][:steps]) / steps, sum(m["train/loss"][-steps:]) / steps
         assert last < first, (first, last)
+    print(f"MEASURED {config}_coarse={m['online/coarse_acc1'][-1]:.4f} {config}_fine={m['online/fine_acc1'][-1]:.4f}")
     # The superclass target (vehicles / animals) is learnable in 3 epochs; 0.6 is "always animals".
     assert m["online/coarse_acc1"][-1] > 0.6
     assert m["online/fine_acc1"][-1] > 0.15  # chance is 0.1 on 10 balanced classes

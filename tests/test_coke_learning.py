@@ -19,6 +19,8 @@ def test_one_view_fit_learns_keeps_the_bound_and_logs_the_dashboard(tmp_path, ci
     assert len(losses) == 4 * steps
     assert losses[:steps] == [0.0] * steps  # epoch 0: no previous labels yet, nothing to predict
     first, last = sum(losses[steps:2 * steps]) / steps, sum(losses[-steps:]) / steps
+    print(f"MEASURED coke_tiny_loss_drop={first - last:.4f} coke_tiny_fine={m['online/fine_acc1'][-1]:.4f} "
+          f"coke_tiny_nmi_fine={m['coke/nmi_fine'][-1]:.4f}")
     assert last < first - 0.1, (first, last)
     assert m["online/fine_acc1"][-1] > 0.15  # chance is 0.1 on 10 balanced classes
 

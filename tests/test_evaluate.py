@@ -134,7 +134,7 @@ def test_checkpoint_settings_are_inherited_and_overridable(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_probe_on_a_briefly_trained_checkpoint_beats_random_init(tmp_path, cifar10_tar, cache_dir):
-    from training_utils import run
+    from training_utils import SEED, run
 
     run_dir = run("configs/pretrain/simclr_cifar10.yaml", tmp_path, cifar10_tar, cache_dir, "data.subset=250",
                   "trainer.max_epochs=8", "trainer.check_val_every_n_epoch=8", "optim.lr=1.0")
@@ -149,7 +149,9 @@ def test_probe_on_a_briefly_trained_checkpoint_beats_random_init(tmp_path, cifar
     reports = []
     trained = top1(run_dir / "checkpoints" / "last.ckpt")
     assert reports[0]["checkpoint"]["epochs"] == 8 and reports[0]["checkpoint"]["planned_epochs"] == 8
-    random_init = top1("random", "model.backbone=test_resnet", "model.cifar_stem=false")
+    random_init = top1("random", "model.backbone=test_resnet", "model.cifar_stem=false", f"seed={SEED}")
+    print(f"MEASURED simclr_eval_linear_gain={trained['offline-linear'] - random_init['offline-linear']:.4f} "
+          f"simclr_eval_knn_gain={trained['knn'] - random_init['knn']:.4f}")
     # 1,000 test images: a 3-point margin is about two standard errors; measured 32.6 vs 26.7 (linear), 30.9 vs 24.5 (kNN).
     assert trained["offline-linear"] > random_init["offline-linear"] + 0.03, (trained, random_init)
     assert trained["knn"] > random_init["knn"] + 0.03, (trained, random_init)
