@@ -2,8 +2,9 @@
 
 CHECKPOINT is a Lightning checkpoint of this project, an exported backbone ``.safetensors``, or ``random``
 (a randomly initialised backbone: the baseline row; set ``model.backbone`` etc.). Features are extracted once
-and cached; then the protocols run (``protocol=linear,knn,retrieval,clustering`` or ``all``) on the label
-levels (``levels=fine,coarse``). ``report.json`` and ``report.md`` go to ``out_dir`` (default
+and cached; then the protocols run (``protocol=linear,knn,retrieval,clustering`` or ``all``, plus ``sea``,
+``fewshot`` and ``diagnostics`` when named) on the label levels (``levels=fine,coarse``). ``report.json`` and
+``report.md`` (plus ``fewshot.png`` / ``map.png``) go to ``out_dir`` (default
 ``<checkpoint dir>/../eval/<checkpoint name>/``). ``export=backbone.safetensors`` writes a timm-loadable
 backbone file (plus a sidecar .json) instead. See ``configs/eval_schema.py`` for every key.
 """
@@ -15,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from lightning_modules.cli_errors import DEBUG_FLAG, DEBUG_HELP, run_cli
+
 DEFAULT_CONFIG = "configs/eval/default.yaml"
 LIST_KEYS = ("protocol", "levels")
 
@@ -25,6 +28,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. protocol=knn levels=fine data.eval_subset=100")
     parser.add_argument("--config", default=str(Path(__file__).resolve().parent / DEFAULT_CONFIG), help="eval YAML")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
     return parser.parse_intermixed_args(argv)
 
 
@@ -62,7 +66,8 @@ def load_eval_data(cfg):
     from datamodules.datasets import per_class_rows
     from datamodules.discovery import locate_source
 
-    train, test = load_split(cfg.data, "train"), load_split(cfg.data, "test")
+    train = load_split(cfg.data, "train")
+    test = load_split(cfg.data, "test", train_classes=train.class_names)  # labels numbered as in train
     train_rows = per_class_rows(train.fine, cfg.data.subset, cfg.data.seed)
     test_rows = per_class_rows(test.fine, cfg.data.eval_subset, cfg.data.seed)
     return {"train": (train.take(train_rows), np.asarray(train_rows)), "test": (test.take(test_rows), np.asarray(test_rows))}, locate_source(cfg.data)
@@ -112,6 +117,12 @@ def coke_targets(source, cfg):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from configs.loader import peek
+    from configs.schema import default_cache_dir
+    from lightning_modules.library_dirs import keep_library_caches_in
+
+    overrides = list_overrides(args.overrides)
+    keep_library_caches_in(peek(args.config, overrides, "data.cache_dir", default_cache_dir()))  # before imports
     from configs.eval_schema import eval_defaults, selected_levels, selected_protocols
     from configs.loader import ConfigError, load_config, to_plain, to_yaml
     from datamodules import DataError
@@ -168,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         fine_to_coarse if has_hierarchy else None, source.cluster_labels,
         coke_targets(source, cfg) if use_coke else None, source.clusters_per_head,
     )
-    results, protocol_timings = run_protocols(protocols, inputs, cfg, device)
+    results, protocol_timings, artifacts = run_protocols(protocols, inputs, cfg, device)
 
     data = to_plain(cfg.data)
     report = build_report(
@@ -184,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         command=" ".join(["evaluate.py", args.checkpoint, *args.overrides]),
     )
     out_dir = default_out_dir(source, cfg)
-    json_path, md_path = write_report(report, out_dir)
+    json_path, md_path = write_report(report, out_dir, artifacts)
     log_to_wandb(report, cfg.logger, out_dir)
     print(md_path.read_text())
     print(f"report: {json_path} and {md_path}")
@@ -192,4 +203,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -10,6 +10,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from lightning_modules.cli_errors import DEBUG_FLAG, DEBUG_HELP, run_cli
+
 DEFAULT_CONFIG = "configs/pretrain/coke_cifar10.yaml"
 
 
@@ -18,6 +20,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("config", nargs="?", default=None, help=f"YAML config (default: {DEFAULT_CONFIG})")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.5 trainer.devices=4")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
     args = parser.parse_args(argv)
     if args.config and "=" in args.config:  # only overrides were given
         args.overrides.insert(0, args.config)
@@ -29,10 +32,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from configs.loader import ConfigError, load_config, to_plain, to_yaml
+    from configs.loader import ConfigError, load_config, peek, to_plain, to_yaml
+    from configs.schema import default_cache_dir
+    from lightning_modules.library_dirs import keep_library_caches_in
+
+    keep_library_caches_in(peek(args.config, args.overrides, "data.cache_dir", default_cache_dir()))  # before imports
+    from lightning_modules.cpu_run import SlowCpuRun
     from lightning_modules.loggers import finish_loggers
     from lightning_modules.registry import method_class, method_schemas
-    from lightning_modules.runs import build_trainer, check_trainer_keys, find_resume_checkpoint, prepare_run_dir
+    from lightning_modules.loggers import check_logger
+    from lightning_modules.resume import resolve_resume
+    from lightning_modules.runs import build_trainer, check_trainer_keys, prepare_run_dir
 
     try:
         cfg = load_config(args.config, args.overrides, method_schemas())
@@ -43,13 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(to_yaml(cfg))
         return 0
+    run_name = cfg.run_name or Path(args.config).stem
+    resume = resolve_resume(cfg, run_name)  # before any work: a bad checkpoint or logger ends here (run_cli)
+    check_logger(cfg.logger)
 
     import pytorch_lightning as pl
 
     from datamodules import DataError, PretrainDataModule
 
     pl.seed_everything(cfg.seed, workers=True)
-    run_name = cfg.run_name or Path(args.config).stem
     datamodule = PretrainDataModule(cfg.data, cfg.augment)
     try:
         datamodule.setup("fit")
@@ -57,11 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"data error: {err}", file=sys.stderr)
         return 1
     model = method_class(cfg.method.name)(to_plain(cfg), asdict(datamodule.info))
-    resume_from = find_resume_checkpoint(cfg, run_name)
-    run_dir = prepare_run_dir(cfg, run_name, resume_from)
-    trainer = build_trainer(cfg, run_dir, run_name)
+    run_dir = prepare_run_dir(cfg, run_name, resume)
+    trainer = build_trainer(cfg, run_dir, run_name, resume.global_step if resume else None)
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume.checkpoint if resume else None, weights_only=True)
+    except SlowCpuRun as stop:  # the notice above it says what it costs and what to run instead
+        print(stop, file=sys.stderr)
+        return 3
     finally:
         finish_loggers(trainer.loggers)
     if trainer.global_rank == 0:
@@ -71,4 +85,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         f"optim.warmup_epochs={args.budget // 10}",
     ]
     if accelerator == "cpu":
-        common += ["trainer.precision=32", "data.num_workers=0", "data.pin_memory=false", "model.channels_last=false"]
+        common += ["trainer.precision=32", "data.num_workers=0", "data.pin_memory=false", "model.channels_last=false",
+                   "allow_slow_cpu=true"]
     eval_common = [
         f"data.subset={args.subset}", f"data.eval_subset={args.eval_subset}", f"data.seed={args.seed}",
         "protocol=linear,knn,retrieval", "levels=fine,coarse", "logger.kind=none", "knn.ks=[20,200]",

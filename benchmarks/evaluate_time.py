@@ -1,12 +1,13 @@
 """Wall time of ``evaluate.py CHECKPOINT protocol=all``: feature extraction, then each protocol.
 
     python benchmarks/evaluate_time.py [CHECKPOINT|random] [--backbone resnet18] [--cifar-stem]
-        [--set key=value ...]
+        [--protocol all] [--set key=value ...]
 
 Runs the real entry point with the feature cache off (so extraction is timed), reads the stage timings
 that evaluate.py writes into report.json, and prints them as a table. With ``random`` the backbone is
 ``--backbone`` at random init, which costs the same as a trained one. Extra evaluate.py overrides go in
-``--set`` (e.g. ``--set data.subset=500 linear.epochs=30`` for a CPU smoke run).
+``--set`` (e.g. ``--set data.subset=500 linear.epochs=30`` for a CPU smoke run). ``--protocol
+all,sea,fewshot,diagnostics`` times the opt-in protocols too.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ sys.path.insert(0, str(REPO))
 
 import evaluate  # noqa: E402
 
-STAGES = ["features", "linear", "knn", "retrieval", "clustering"]
+STAGES = ["features", "linear", "knn", "retrieval", "clustering", "sea", "fewshot", "diagnostics"]
 
 
 def main() -> int:
@@ -29,11 +30,12 @@ def main() -> int:
     parser.add_argument("checkpoint", nargs="?", default="random")
     parser.add_argument("--backbone", default="resnet18", help="for `random` only")
     parser.add_argument("--cifar-stem", action="store_true", help="for `random` only")
+    parser.add_argument("--protocol", default="all", help="evaluate.py protocol list (default: all)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra evaluate.py overrides")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as out:
-        overrides = ["protocol=all", "feature_cache=false", "logger.kind=none", f"out_dir={out}", *args.set]
+        overrides = [f"protocol={args.protocol}", "feature_cache=false", "logger.kind=none", f"out_dir={out}", *args.set]
         if args.checkpoint == "random":
             overrides += [f"model.backbone={args.backbone}", f"model.cifar_stem={args.cifar_stem}"]
         if evaluate.main([args.checkpoint, *overrides]) != 0:
@@ -42,7 +44,7 @@ def main() -> int:
 
     timings, splits = report["timings_s"], report["data"]["splits"]
     total = sum(timings.get(stage, 0.0) for stage in STAGES)
-    print(f"\nevaluate.py {args.checkpoint} protocol=all {' '.join(args.set)}")
+    print(f"\nevaluate.py {args.checkpoint} protocol={args.protocol} {' '.join(args.set)}")
     print(f"backbone {report['checkpoint']['backbone']} (cifar_stem={report['checkpoint']['cifar_stem']}), "
           f"train {splits['train']['images']} / test {splits['test']['images']} images")
     print(f"{'stage':<12}{'seconds':>10}{'share':>8}")

@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from configs.loader import load_config, to_plain  # noqa: E402
 from datamodules import PretrainDataModule  # noqa: E402
-from lightning_modules.optim import warmup_cosine  # noqa: E402
+from lightning_modules.optim import constant_lr, warmup_cosine  # noqa: E402
 from lightning_modules.registry import method_class, method_schemas  # noqa: E402
 from ops.knn import weighted_knn_scores  # noqa: E402
 
@@ -48,9 +48,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measured_bf16_peak(device: torch.device) -> float:
-    """Best bf16 matmul rate (FLOP/s) over a few square GEMMs on ``device``."""
-    n = 8192 if device.type == "cuda" else 1024
+def measured_bf16_peak(device: torch.device, size: int = 0) -> float:
+    """Best bf16 matmul rate (FLOP/s) over a few square GEMMs of ``size`` (0: 8192 on CUDA, 1024 on the CPU)."""
+    n = size or (8192 if device.type == "cuda" else 1024)
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     best = 0.0
@@ -168,7 +168,8 @@ class Budget(pl.Callback):
         schedule = partial(warmup_cosine, total_steps=epochs * steps, warmup_steps=int(self.warmup * steps),
                            zero_steps=pl_module.zero_lr_epochs * steps, min_ratio=optim_cfg.min_lr_ratio)
         scheduler = trainer.lr_scheduler_configs[0].scheduler
-        scheduler.lr_lambdas = [schedule] * len(scheduler.lr_lambdas)
+        # Groups that keep their lr (SeCu's centres: constant_lr) keep it; the others follow the fitted schedule.
+        scheduler.lr_lambdas = [f if f is constant_lr else schedule for f in scheduler.lr_lambdas]
         trainer.fit_loop.max_epochs = epochs
         print(f"after epoch {done - 1} ({now:.1f} s): schedule fitted to {epochs} epochs ({self.warmup} warm-up)",
               flush=True)
@@ -205,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=-1, help="loader workers (-1: the config's)")
     parser.add_argument("--config", default=str(REPO / "configs" / "pretrain" / "coke_cifar10.yaml"))
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads on the CPU (0: default)")
+    parser.add_argument("--peak-size", type=int, default=0, help="bf16 peak matmul size (0: 8192 CUDA, 1024 CPU)")
     parser.add_argument("--set", nargs="*", default=[], help="extra key=value config overrides")
     args = parser.parse_args(argv)
     if args.threads:
@@ -235,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     model = method_class(cfg.method.name)(to_plain(cfg), asdict(datamodule.info))
     device = torch.device(args.device)
     flops = backbone_flops_per_image(model.to(device), cfg.augment.crop_size, device)
-    peak = measured_bf16_peak(device)
+    peak = measured_bf16_peak(device, args.peak_size)
     budget = Budget(args.minutes, args.eval_every or args.minutes / 5, args.epochs == 0, datamodule, precision)
     trainer = pl.Trainer(
         accelerator=args.device, devices=1, precision=precision, max_epochs=args.epochs or 10**4, logger=False,
@@ -248,8 +250,9 @@ def main(argv: list[str] | None = None) -> int:
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     rate = budget.images / max(budget.rows[-1]["train_min"] * 60, 1e-9)
-    print(f"\nCoKe ({cfg.augment.num_large_crops} view) {args.backbone}, {datamodule.info.num_train} train / "
-          f"{len(datamodule.test_set)} test images, batch {cfg.data.batch_size}, precision {precision}, {name}, "
+    print(f"\n{cfg.method.name} ({cfg.augment.num_large_crops} view) {args.backbone}, "
+          f"{datamodule.info.num_train} train / {len(datamodule.test_set)} test images, batch {cfg.data.batch_size}, "
+          f"precision {precision}, {name}, "
           f"budget {args.minutes} training min\n")
     ks = [k for k in budget.rows[-1] if k.startswith("knn")]
     print("| epoch | train min | wall min | images/s so far | images/s this epoch | "

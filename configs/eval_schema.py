@@ -13,7 +13,10 @@ from typing import Any, List, Mapping, Optional
 
 from configs.schema import AugmentConfig, DataConfig, LoggerConfig, ModelConfig
 
-PROTOCOLS = ("linear", "knn", "retrieval", "clustering")
+PROTOCOLS = ("linear", "knn", "retrieval", "clustering", "sea", "fewshot", "diagnostics")
+# What ``protocol=all`` runs. sea, fewshot and diagnostics are named explicitly (``protocol=all,sea,fewshot,diagnostics``):
+# together they cost several times the standard four on a CPU (benchmarks/RESULTS.md, issue 17).
+STANDARD_PROTOCOLS = ("linear", "knn", "retrieval", "clustering")
 LEVELS = ("fine", "coarse")
 
 # What an evaluation takes over from the checkpoint's own config (what the backbone saw, not how it trained).
@@ -63,8 +66,50 @@ class ClusteringConfig:
 
 
 @dataclass
+class SeaConfig:
+    """SeA: the linear probe trained on semantically adversarial features (lightning_modules/evaluation/sea.py)."""
+
+    epochs: int = 100
+    batch_size: int = 256  # the perturbation mixes the other examples of the batch: keep it a real mini-batch
+    # Every (lr, eta) pair is trained at once; the best on data.val_fraction of train is retrained on all of train.
+    lrs: List[float] = field(default_factory=lambda: [0.4, 1.6])
+    etas: List[float] = field(default_factory=lambda: [0.4, 0.8])  # step norm on the unit sphere (0: no augmentation)
+    alpha: float = 0.01  # softmax temperature over the other examples
+    temperature: float = 0.1  # the probe's loss is T * CE(logits / T) on unit features
+    weight_decay: float = 1.0e-6
+    momentum: float = 0.9
+
+
+@dataclass
+class FewshotConfig:
+    """Label efficiency: a linear probe on n labelled images per class, several seeds (fewshot.py)."""
+
+    shots: List[int] = field(default_factory=lambda: [1, 5, 10, 100, 0])  # labelled images per class; 0: all
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
+    # Fixed settings: one label per class leaves no validation split to choose them on.
+    lr: float = 0.1
+    weight_decay: float = 1.0e-4
+    epochs: int = 100
+    batch_size: int = 4096
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+
+
+@dataclass
+class DiagnosticsConfig:
+    """RankMe, alignment / uniformity, within-superclass collapse and a t-SNE map (diagnostics.py)."""
+
+    split: str = "test"
+    max_points: int = 5000  # rows for the numbers (uniformity is quadratic); 0: all
+    map: bool = True  # the 2-D map PNG (t-SNE from scikit-learn)
+    map_points: int = 2000  # rows in the map, spread evenly over the classes
+    perplexity: float = 30.0
+
+
+@dataclass
 class EvalConfig:
-    protocol: List[str] = field(default_factory=lambda: ["all"])  # linear | knn | retrieval | clustering | all
+    # linear | knn | retrieval | clustering | sea | fewshot | diagnostics | all (= the first four)
+    protocol: List[str] = field(default_factory=lambda: ["all"])
     levels: List[str] = field(default_factory=lambda: list(LEVELS))
     data: DataConfig = field(default_factory=lambda: DataConfig(val_fraction=0.1, num_workers=0))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -74,6 +119,9 @@ class EvalConfig:
     knn: KnnConfig = field(default_factory=KnnConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
+    sea: SeaConfig = field(default_factory=SeaConfig)
+    fewshot: FewshotConfig = field(default_factory=FewshotConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     out_dir: str = ""  # empty: <checkpoint dir>/../eval/<checkpoint name>/
     export: str = ""  # a .safetensors path: write the backbone there (plus a sidecar .json) and stop
@@ -94,12 +142,17 @@ def eval_defaults(pretrain_cfg: Optional[Mapping[str, Any]]) -> EvalConfig:
 
 
 def selected_protocols(cfg) -> list[str]:
-    """The protocols to run, in a fixed order; unknown names raise ValueError naming the valid ones."""
+    """The protocols to run, in a fixed order; unknown names raise ValueError naming the valid ones.
+
+    ``all`` means the standard four; sea, fewshot and diagnostics may be added to it by name.
+    """
     names = [str(p) for p in cfg.protocol]
     unknown = [p for p in names if p not in PROTOCOLS + ("all",)]
     if unknown:
-        raise ValueError(f"unknown protocol {unknown}; choose from {', '.join(PROTOCOLS)} or all (a list is fine)")
-    return list(PROTOCOLS) if "all" in names else [p for p in PROTOCOLS if p in names]
+        raise ValueError(f"unknown protocol {unknown}; choose from {', '.join(PROTOCOLS)} or all "
+                         f"(= {', '.join(STANDARD_PROTOCOLS)}; a list is fine)")
+    wanted = set(names) | (set(STANDARD_PROTOCOLS) if "all" in names else set())
+    return [p for p in PROTOCOLS if p in wanted]
 
 
 def selected_levels(cfg) -> list[str]:

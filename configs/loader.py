@@ -9,9 +9,11 @@ import difflib
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from configs.ranges import range_errors
 from configs.schema import PretrainConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent
@@ -22,13 +24,23 @@ class ConfigError(ValueError):
     """A config the schema rejects; the message says which key and what to do."""
 
 
+def _load_yaml_file(path: Path) -> DictConfig | ListConfig:
+    try:
+        return OmegaConf.load(path)
+    except yaml.YAMLError as err:  # one line: file, line, column, what is wrong
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"YAML syntax error at {where}: {problem}. Fix that line of the file") from None
+
+
 def _read_yaml(path: Path, seen: tuple = ()) -> DictConfig:
     if not path.is_file():
         candidates = sorted(p.relative_to(CONFIG_DIR).as_posix() for p in CONFIG_DIR.rglob("*.yaml"))
         raise ConfigError(f"config file not found: {path}. Available configs under {CONFIG_DIR}: {', '.join(candidates)}")
     if path.resolve() in seen:
         raise ConfigError(f"config include cycle through {path}")
-    node = OmegaConf.load(path)
+    node = _load_yaml_file(path)
     if not isinstance(node, DictConfig):
         raise ConfigError(f"{path} must hold a mapping at the top level")
     base = node.pop(BASE_KEY, None)
@@ -108,6 +120,17 @@ def parse_overrides(overrides: Sequence[str]) -> DictConfig:
         raise ConfigError(f"could not parse overrides {list(overrides)}: {err}") from None
 
 
+def peek(path: str | Path | None, overrides: Sequence[str], key: str, default: Any) -> Any:
+    """``key``'s value from the YAML and the overrides alone, before the schemas (whose imports are heavy) are
+    merged; ``default`` when it is not set there or the config does not parse (load_config reports that)."""
+    try:
+        layers = [_read_yaml(resolve_config_path(path)) if path else OmegaConf.create(), parse_overrides(overrides)]
+        value = OmegaConf.select(OmegaConf.merge(*layers), key)
+    except (ConfigError, OmegaConfBaseException):
+        return default
+    return default if value is None else value
+
+
 def load_config(
     path: str | Path | None,
     overrides: Sequence[str] = (),
@@ -132,6 +155,9 @@ def load_config(
     except OmegaConfBaseException as err:
         raise ConfigError(f"could not resolve an interpolation in the config: {err}") from None
     OmegaConf.set_readonly(merged, False)
+    errors = range_errors(to_plain(merged))
+    if errors:
+        raise ConfigError("; ".join(errors) + ". Set these keys to a value in range")
     return merged
 
 

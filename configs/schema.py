@@ -65,6 +65,7 @@ class AugmentConfig:
     mean: List[float] = field(default_factory=lambda: [0.4914, 0.4822, 0.4465])
     std: List[float] = field(default_factory=lambda: [0.2470, 0.2435, 0.2616])
     eval_resize: int = 32  # evaluation transform: resize shorter side, then centre crop to crop_size
+    clean_view: bool = False  # training batches also carry the un-augmented image (the evaluation transform)
 
 
 @dataclass
@@ -104,6 +105,10 @@ class LoggerConfig:
     mode: str = "auto"  # auto (offline when no login or no network) | online | offline
     log_every_n_steps: int = 10
     view_grid_every_n_epochs: int = 1  # 0: never
+    # Feature diagnostics (RankMe, alignment, uniformity, within-superclass collapse) of held-out images during
+    # pretraining, every N epochs (lightning_modules/feature_diagnostics.py); 0: never
+    diagnostics_every_n_epochs: int = 5
+    diagnostics_images: int = 1024  # held-out images (validation split, else test) they are measured on
 
 
 @dataclass
@@ -135,3 +140,5 @@ class PretrainConfig:
     run_name: str = ""  # empty: <config name>-<timestamp>
     resume: str = ""  # path to a checkpoint, or "auto" (newest last.ckpt of this run name)
     max_time_minutes: float = 0.0  # 0: no wall-clock budget
+    # On the CPU a run estimated over an hour stops after its first batches (lightning_modules/cpu_run.py); true: go on
+    allow_slow_cpu: bool = False

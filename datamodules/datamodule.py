@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,11 @@ from datamodules.discovery import load_split
 from datamodules.jpeg_stream import BatchDecoder, JpegDataset, load_jpeg_split
 
 log = logging.getLogger(__name__)
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask: a container's or a SLURM task's share)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class EpochSeededSampler(RandomSampler):
@@ -56,6 +62,7 @@ class PretrainDataModule(pl.LightningDataModule):
         super().__init__()
         self.cfg, self.augment_cfg = data_cfg, augment_cfg
         self.train_set = self.val_set = self.test_set = None
+        self._told_worker_cap = False
         self.augment = ViewAugmenter(augment_cfg)
         self.eval_transform = EvalTransform(augment_cfg)
         if data_cfg.format not in ("decoded", "jpeg"):
@@ -68,7 +75,7 @@ class PretrainDataModule(pl.LightningDataModule):
         cfg = self.cfg
         load, dataset = (load_jpeg_split, JpegDataset) if cfg.format == "jpeg" else (load_split, ImageDataset)
         train, val = split_off_validation(load(cfg, "train"), cfg.val_fraction, cfg.seed)
-        test = load(cfg, "test")
+        test = load(cfg, "test", train_classes=train.class_names)
         train = train.take(per_class_rows(train.fine, cfg.subset, cfg.seed))
         if cfg.eval_subset:
             test = test.take(per_class_rows(test.fine, cfg.eval_subset, cfg.seed))
@@ -90,12 +97,22 @@ class PretrainDataModule(pl.LightningDataModule):
             superclass_sizes=np.bincount(train.coarse[known], minlength=len(train.superclass_names)).tolist(),
         )
 
+    def loader_workers(self) -> int:
+        """``data.num_workers``, capped at the available cores (more workers than cores only contend)."""
+        cores = available_cores()
+        if self.cfg.num_workers > cores and not self._told_worker_cap:
+            log.info("data.num_workers=%d -> %d: the cores available to this process", self.cfg.num_workers, cores)
+            self._told_worker_cap = True
+        return min(self.cfg.num_workers, cores)
+
     def _loader(self, dataset, batch_size: int, train: bool) -> DataLoader:
-        workers = self.cfg.num_workers
+        workers = self.loader_workers()
         sampler = EpochSeededSampler(len(dataset), self.cfg.seed) if train else None
         return DataLoader(
             dataset, batch_size=batch_size, sampler=sampler, drop_last=train, num_workers=workers,
-            pin_memory=self.cfg.pin_memory, persistent_workers=self.cfg.persistent_workers and workers > 0,
+            # pinned memory only helps a copy to a GPU; without one torch warns about it
+            pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.cfg.persistent_workers and workers > 0,
             collate_fn=collate_batched,
         )
 
@@ -120,6 +137,8 @@ class PretrainDataModule(pl.LightningDataModule):
             with torch.random.fork_rng(devices=devices, device_type=batch["image"].device.type):
                 torch.manual_seed(seed)
                 batch["views"] = self.augment(batch["image"])
+            if self.augment_cfg.clean_view:  # the un-augmented image, for methods that assign clusters on it
+                batch["clean_view"] = self.eval_transform(batch["image"])
         else:
             batch["eval_view"] = self.eval_transform(batch["image"])
         return batch

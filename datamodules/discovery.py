@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from datamodules.cache import cached_decode
+from datamodules.class_lists import align_to_train
 from datamodules.errors import MissingDataError
 from datamodules.datasets import LabeledImages
 from datamodules.hierarchy import CIFAR10_SUPERCLASSES, coarse_labels, load_hierarchy_json
@@ -90,8 +91,11 @@ def _with_hierarchy(cfg, split: DecodedSplit) -> LabeledImages:
     return LabeledImages(split.images, split.fine, coarse.astype(np.int64), list(split.class_names), supers)
 
 
-def load_split(cfg, split: str) -> LabeledImages:
-    """Decoded ``split`` ("train" or "test") of the data set that ``cfg`` (the ``data`` section) names."""
+def load_split(cfg, split: str, train_classes: list[str] | None = None) -> LabeledImages:
+    """Decoded ``split`` ("train" or "test") of the data set that ``cfg`` (the ``data`` section) names.
+
+    A split other than train is labelled by train's class list (``train_classes``, else read from train).
+    """
     path = locate_source(cfg)
     tag = f"{cfg.name}-{split}"
     decoded = cached_decode(
@@ -100,4 +104,6 @@ def load_split(cfg, split: str) -> LabeledImages:
     )
     if decoded.skipped:
         log.warning("%s: %d corrupt images were skipped", tag, len(decoded.skipped))
+    if split != "train" and not _is_pickle_dir(path):  # the pickles' class list is fixed by their meta file
+        decoded = align_to_train(decoded, train_classes or load_split(cfg, "train").class_names, split, path)
     return _with_hierarchy(cfg, decoded)

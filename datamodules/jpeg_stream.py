@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
+from datamodules.class_lists import align_to_train
 from datamodules.datasets import LabeledImages
 from datamodules.discovery import _is_pickle_dir, _with_hierarchy, locate_source
 from datamodules.errors import CorruptImageError, DataError
@@ -169,14 +170,17 @@ def list_encoded(path: Path, split: str) -> tuple[JpegStore, np.ndarray, list[st
     return store, np.array([lookup[c] for c in classes], dtype=np.int64), class_names
 
 
-def load_jpeg_split(cfg, split: str) -> LabeledImages:
+def load_jpeg_split(cfg, split: str, train_classes: list[str] | None = None) -> LabeledImages:
     """Like ``discovery.load_split`` but ``images`` is a :class:`JpegStore`: nothing is decoded here."""
     path = locate_source(cfg)
     if _is_pickle_dir(path):
         raise DataError(f"data.format=jpeg needs encoded images, but {path} holds the CIFAR python pickles (already "
                         "decoded arrays). Use data.format=decoded, or point data.path at a folder or .tar of JPEGs")
     store, fine, class_names = list_encoded(path, split)
-    return _with_hierarchy(cfg, DecodedSplit(images=store, fine=fine, class_names=class_names))
+    decoded = DecodedSplit(images=store, fine=fine, class_names=class_names)
+    if split != "train":  # labels follow train's class list (datamodules/class_lists.py)
+        decoded = align_to_train(decoded, train_classes or list_encoded(path, "train")[2], split, path)
+    return _with_hierarchy(cfg, decoded)
 
 
 # ---- decoding after the transfer ----------------------------------------------------------------------------------

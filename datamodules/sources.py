@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import pickle
 import tarfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -48,9 +49,37 @@ class _ArrayUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data pickle")
 
 
+def _not_cifar(path: Path, problem: str) -> DataError:
+    return DataError(
+        f"{path} is not an official CIFAR python pickle ({problem}). Download the data set again, or point "
+        "data.path at another source (a pickle folder, an image folder or a .tar.gz)"
+    )
+
+
 def _load_pickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return _ArrayUnpickler(f, encoding="bytes").load()
+    try:
+        with open(path, "rb") as f:
+            loaded = _ArrayUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, ImportError) as err:
+        raise _not_cifar(path, f"{type(err).__name__}: {err}") from None
+    if not isinstance(loaded, dict):
+        raise _not_cifar(path, f"it holds a {type(loaded).__name__}, not a dict")
+    return loaded
+
+
+def _batch_arrays(batch: dict, path: Path, label_keys: tuple[str, ...]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The (N, 3, 32, 32) images and the label arrays of one batch file, checked against each other."""
+    try:
+        data = np.asarray(_decode_key(batch, "data"), dtype=np.uint8)
+        labels = [np.asarray(_decode_key(batch, key), dtype=np.int64).reshape(-1) for key in label_keys]
+    except (KeyError, ValueError, TypeError) as err:
+        raise _not_cifar(path, f"no usable `data` and {'/'.join(label_keys)} entries: {type(err).__name__}: {err}") from None
+    if data.size % (3 * 32 * 32) or (data.ndim == 2 and data.shape[1] != 3 * 32 * 32):
+        raise _not_cifar(path, f"its `data` array has shape {data.shape}; CIFAR holds N x 3072 bytes")
+    images = data.reshape(-1, 3, 32, 32)
+    if any(len(label) != len(images) for label in labels):
+        raise _not_cifar(path, f"{len(images)} images but {[len(label) for label in labels]} labels")
+    return images, labels
 
 
 def _decode_key(d: dict, key: str):
@@ -70,11 +99,12 @@ def read_cifar_pickles(folder: Path, split: str, num_classes: int) -> DecodedSpl
         coarse_names = [n.decode() if isinstance(n, bytes) else n for n in _decode_key(meta, "coarse_label_names")]
     images, fine, coarse = [], [], []
     for name in files:
-        batch = _load_pickle(folder / name)
-        images.append(np.asarray(_decode_key(batch, "data"), dtype=np.uint8).reshape(-1, 3, 32, 32))
-        fine.append(np.asarray(_decode_key(batch, "labels" if num_classes == 10 else "fine_labels"), dtype=np.int64))
+        label_keys = ("labels",) if num_classes == 10 else ("fine_labels", "coarse_labels")
+        batch_images, batch_labels = _batch_arrays(_load_pickle(folder / name), folder / name, label_keys)
+        images.append(batch_images)
+        fine.append(batch_labels[0])
         if num_classes == 100:
-            coarse.append(np.asarray(_decode_key(batch, "coarse_labels"), dtype=np.int64))
+            coarse.append(batch_labels[1])
     out = DecodedSplit(np.concatenate(images), np.concatenate(fine), names)
     if num_classes == 100:
         out.coarse, out.superclass_names = np.concatenate(coarse), coarse_names
@@ -89,20 +119,44 @@ def _split_parts(relpath: str, split: str) -> tuple[str, str] | None:
     return None
 
 
-def iter_image_files(path: Path, split: str) -> Iterator[tuple[str, str, bytes]]:
-    """Yield (class name, relative path, encoded bytes) for one split of a folder or .tar.gz tree."""
+def _class_folder(relpath: str, split: str) -> str | None:
+    """``[top/]split/class`` (a directory) -> class, else None."""
+    parts = relpath.strip("/").split("/")
+    return parts[-1] if 2 <= len(parts) <= 3 and parts[-2] == split else None
+
+
+def iter_image_files(path: Path, split: str) -> Iterator[tuple[str, str, bytes | None]]:
+    """Yield (class name, relative path, encoded bytes) for one split of a folder or .tar.gz tree, and
+    (class name, relative path, None) for each class folder (so an empty one can be named)."""
     if path.is_dir():
         for file in sorted(path.rglob("*")):
             rel = file.relative_to(path).as_posix()
             parts = _split_parts(rel, split)
             if parts and file.is_file():
                 yield parts[0], rel, file.read_bytes()
+            elif file.is_dir() and _class_folder(rel, split):
+                yield _class_folder(rel, split), rel, None
         return
     with tarfile.open(path, "r:*") as tar:
         for member in tar:
             parts = _split_parts(member.name, split) if member.isfile() else None
             if parts:
                 yield parts[0], member.name, tar.extractfile(member).read()
+            elif member.isdir() and _class_folder(member.name, split):
+                yield _class_folder(member.name, split), member.name, None
+
+
+def _list_tree(path: Path, split: str) -> tuple[list[tuple[str, str, bytes]], set[str]]:
+    """(image entries sorted by path, class folder names) of one split; an unreadable archive is a DataError."""
+    try:
+        listed = list(iter_image_files(path, split))
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
+        raise DataError(
+            f"cannot read {path} as an image folder or a .tar/.tar.gz archive ({type(err).__name__}: {err}). "
+            "Point data.path at a CIFAR pickle folder, a folder or a .tar.gz of <split>/<class>/*.jpg|png"
+        ) from None
+    entries = sorted((e for e in listed if e[2] is not None), key=lambda e: e[1])
+    return entries, {cls for cls, _, data in listed if data is None}
 
 
 def decode_rgb(data: bytes, image_size: int = 0) -> torch.Tensor:
@@ -116,13 +170,19 @@ def decode_rgb(data: bytes, image_size: int = 0) -> torch.Tensor:
 def read_image_tree(path: Path, split: str, skip_corrupt: bool = False, image_size: int = 0) -> DecodedSplit:
     images, labels, skipped = [], [], []
     class_index: dict[str, int] = {}
-    entries = sorted(iter_image_files(path, split), key=lambda e: e[1])
+    entries, folders = _list_tree(path, split)
     if not entries:
         raise DataError(
             f"no images for split `{split}` in {path}; expected a layout <{split}>/<class>/*.jpg|png "
             "(optionally under one top-level folder)"
         )
-    class_names = sorted({cls for cls, _, _ in entries})
+    empty = sorted(folders - {cls for cls, _, _ in entries})
+    if empty and split == "train":
+        raise DataError(
+            f"class folder(s) {empty[:10]} of split `train` in {path} hold no images. A class needs training images: "
+            "add images to these folders or remove them"
+        )
+    class_names = sorted({cls for cls, _, _ in entries} | set(empty))  # an empty test class stays, to be named
     class_index = {name: i for i, name in enumerate(class_names)}
     for cls, rel, data in entries:
         try:

@@ -19,7 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from configs.schema import MethodConfig
 from lightning_modules.backbone import build_backbone
 from lightning_modules.heads import mlp
-from lightning_modules.optim import build_optimizer, param_groups, scaled_lr, warmup_cosine
+from lightning_modules.optim import build_optimizer, constant_lr, param_groups, scaled_lr, warmup_cosine
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -110,7 +110,8 @@ class PretrainModule(pl.LightningModule):
         if not torch.isfinite(loss).item():
             raise NonFiniteLossError(
                 f"loss became {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}). "
-                "The run stopped; the last good checkpoint (last.ckpt, saved before this epoch) is kept. "
+                "The run stopped; the last good checkpoint (checkpoints/last.ckpt: the newest weights that gave a finite "
+                "loss) is kept. "
                 "Lower optim.lr, raise optim.warmup_epochs, or try trainer.precision=32, then resume=<that checkpoint>"
             )
 
@@ -133,11 +134,18 @@ class PretrainModule(pl.LightningModule):
         trainer = self.trainer
         return self.cfg.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
 
+    def own_param_groups(self) -> list[dict]:
+        """Groups a method sets apart ({"params", "lr", "weight_decay", "name"}); "scheduled": False keeps the lr."""
+        return []
+
     def configure_optimizers(self):
         optim_cfg = self.cfg.optim
         global_batch = self.global_batch_size()
         lr = scaled_lr(optim_cfg.lr, global_batch, optim_cfg.scale_lr)
-        groups, probe_params = param_groups(self, optim_cfg.weight_decay, optim_cfg.exclude_bias_and_norm)
+        own = self.own_param_groups()
+        groups, probe_params = param_groups(self, optim_cfg.weight_decay, optim_cfg.exclude_bias_and_norm,
+                                            skip=[p for group in own for p in group["params"]])
+        groups += own
         groups.append({"params": probe_params, "weight_decay": 0.0, "lr": optim_cfg.probe_lr, "name": "probes"})
         for group in groups:
             group.setdefault("lr", lr)
@@ -154,7 +162,7 @@ class PretrainModule(pl.LightningModule):
             "num_nodes": t.num_nodes, "accumulate_grad_batches": t.accumulate_grad_batches,
             "base_lr": optim_cfg.lr, "lr": lr, "scaled": optim_cfg.scale_lr,
         }
-        scheduler = LambdaLR(optimizer, schedule)
+        scheduler = LambdaLR(optimizer, [schedule if g.get("scheduled", True) else constant_lr for g in groups])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_train_start(self) -> None:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from configs.schema import MethodConfig
 from lightning_modules.base import PretrainModule
 from lightning_modules.coke_dashboard import log_clustering_dashboard
+from ops.coke_losses import coke_view_loss
 from ops.coke_state import CokeState
 from ops.distributed import gather_no_grad, rank
 
@@ -28,9 +29,21 @@ class CoKeConfig(MethodConfig):
     stage2_epochs: int = 0  # one view: last epochs train on soft targets averaged over epochs
     stage2_slots: int = 5
     stage2_temperature: float = 0.5
+    # faithful: the official stage 2 (assign against the averaged centres, fixed within the epoch; exact running
+    # means; C_avg moving average with f = 1/epochs; slot weights renormalised on eviction). legacy: the earlier rule.
+    stage2_rule: str = "faithful"
+    # Two views (+ small crops). faithful: the official loss, predictor AND projection logits, teachers from the
+    # projection softmax, 0.5/(2H) scale, small crops weighted 1 − large_crop_weight. legacy: predictor logits only,
+    # teachers from the predictor softmax, every view weighted equally.
+    view_loss: str = "faithful"
+    large_crop_weight: float = 0.5  # view_loss=faithful with small crops: β of the large crops' loss
     kernel: str = "auto"  # auto | triton | torch
     max_scores: int = 4194304  # torch path: most B×K scores held at once
     coarse_weight: float = 0.0  # > 0: clusters partitioned by superclass, plus λ·coarse CE
+    # Departures from the paper for short budgets (each an ablation row in benchmarks/RESULTS.md):
+    assign_on: str = "view"  # view (the paper) | clean: cluster the un-augmented image (no-grad forward)
+    target: str = "previous_epoch"  # previous_epoch (the paper) | current: this step's label, current centres
+    center_carry: float = 0.0  # fraction of each cluster's members kept across epochs (0: the paper's reset)
 
 
 class CoKe(PretrainModule):
@@ -45,16 +58,24 @@ class CoKe(PretrainModule):
         dim = self.cfg.model.proj_output_dim
         self.projection = self.projector(dim, last_bn=True)
         self.prediction = self.predictor(dim) if self.cfg.model.pred_hidden_dim else None
+        for option in ("stage2_rule", "view_loss"):
+            if getattr(m, option) not in ("faithful", "legacy"):
+                raise ValueError(f"method.{option} must be 'faithful' or 'legacy', got {getattr(m, option)!r}")
         coarse = m.coarse_weight > 0
         if coarse and not data_info["num_coarse"]:
             raise ValueError("method.coarse_weight > 0 needs superclass labels: use a data set with a hierarchy")
         self.clustering = CokeState(
             data_info["num_train"], list(m.num_clusters), dim, ratio=m.ratio, dual_lr=m.dual_lr, kernel=m.kernel,
             max_scores=m.max_scores, seed=self.cfg.seed, stage2_slots=m.stage2_slots if m.stage2_epochs else 0,
-            stage2_temperature=m.stage2_temperature,
-            superclass_sizes=data_info.get("superclass_sizes") if coarse else None,
+            stage2_temperature=m.stage2_temperature, stage2_rule=m.stage2_rule,
+            superclass_sizes=data_info.get("superclass_sizes") if coarse else None, center_carry=m.center_carry,
         )
         self.coarse_head = torch.nn.Linear(dim, data_info["num_coarse"]) if coarse else None
+        if m.assign_on not in ("view", "clean") or m.target not in ("previous_epoch", "current"):
+            raise ValueError(f"method.assign_on must be view|clean and method.target previous_epoch|current, "
+                             f"got {m.assign_on!r} and {m.target!r}")
+        if m.assign_on == "clean" and not self.cfg.augment.clean_view:
+            raise ValueError("method.assign_on=clean needs the un-augmented image: set augment.clean_view=true")
         # Labels of every training instance, filled as batches pass: for the NMI dashboard only.
         self.register_buffer("instance_labels", torch.full((data_info["num_train"], 2), -1), persistent=False)
 
@@ -63,7 +84,8 @@ class CoKe(PretrainModule):
         return bool(m.stage2_epochs) and not self.two_views and self.current_epoch >= self.trainer.max_epochs - m.stage2_epochs
 
     def on_train_epoch_start(self) -> None:
-        if self.in_stage2() and self.current_epoch == self.trainer.max_epochs - self.method_cfg.stage2_epochs:
+        # On a resume inside the first stage-2 epoch the state has begun stage 2 already: do not restart it.
+        if self.in_stage2() and not self.clustering.stage2_started:
             self.clustering.begin_stage2()
 
     def cluster_step(self, x: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -75,8 +97,16 @@ class CoKe(PretrainModule):
         local = x.shape[0]
         return prev[rank() * local:(rank() + 1) * local]
 
+    def assignment_input(self, x: torch.Tensor, batch: dict) -> torch.Tensor:
+        """What the clustering sees: the view's x, or (assign_on=clean) the un-augmented image's, without grad."""
+        if self.method_cfg.assign_on == "view":
+            return x
+        with torch.no_grad():
+            return F.normalize(self.projection(self(batch["clean_view"])), dim=1)
+
     def head_logits(self, h: torch.Tensor) -> list[torch.Tensor]:
-        centers = self.clustering.loss_centers().to(h.dtype)
+        current = self.method_cfg.target == "current"
+        centers = (self.clustering.centers if current else self.clustering.loss_centers()).to(h.dtype)
         return [F.normalize(h, dim=1) @ c.T / self.temperature for c in self.clustering.split_heads(centers)]
 
     def stage2_targets(self, index: torch.Tensor) -> list[torch.Tensor] | None:
@@ -109,12 +139,17 @@ class CoKe(PretrainModule):
         num_large = 2 if self.two_views else 1
         x = F.normalize(z[0], dim=1) if num_large == 1 else (F.normalize(z[0], dim=1) + F.normalize(z[1], dim=1)) / 2
         soft = self.stage2_targets(batch["index"])  # read before cluster_step writes this step's labels
-        labels = self.cluster_step(x, batch)
+        labels = self.cluster_step(self.assignment_input(x, batch) if num_large == 1 else x, batch)
+        if m.target == "current":  # the label this step just wrote (first copy of a duplicated id)
+            labels = self.clustering.label_memory[batch["index"].to(labels.device)]
         logits = [self.head_logits(h) for h in outputs]
         if num_large == 1:
             loss = sum(self.hard_ce(lg, labels, batch, soft) for lg in logits) / len(logits)
             if m.beta and self.prediction is not None:
                 loss = loss + m.beta * self.hard_ce(self.head_logits(z[0]), labels, batch, soft)
+        elif m.view_loss == "faithful":
+            proj_logits = [self.head_logits(zi) for zi in z]
+            loss = coke_view_loss(logits, proj_logits, labels, alpha=m.alpha, large_weight=m.large_crop_weight)
         else:
             loss = self.two_view_loss(logits, labels, batch)
         if self.coarse_head is not None:
@@ -124,7 +159,8 @@ class CoKe(PretrainModule):
         return loss
 
     def two_view_loss(self, logits: list[list[torch.Tensor]], labels: torch.Tensor, batch: dict) -> torch.Tensor:
-        """α·one-hot CE + (1−α)·CE against the other large view's stop-gradient softmax; small crops are students."""
+        """view_loss=legacy: α·one-hot CE + (1−α)·CE against the other large view's stop-gradient softmax of the
+        same (predictor) logits, averaged over all views; small crops are students."""
         alpha, total, terms = self.method_cfg.alpha, 0.0, 0
         soft = [[F.softmax(h.detach().float(), 1) for h in view] for view in logits[:2]]
         for v, view_logits in enumerate(logits):

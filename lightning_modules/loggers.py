@@ -7,10 +7,21 @@ import os
 import socket
 from pathlib import Path
 
-from pytorch_lightning.loggers import CSVLogger, Logger
+from pytorch_lightning.loggers import Logger
+
+from lightning_modules.csv_history import HistoryCSVLogger
+from lightning_modules.resume import read_run_record
 
 log = logging.getLogger(__name__)
 WANDB_HOST = "api.wandb.ai"
+# Where W&B writes besides its run folder (its cache holds wandb-core's core-debug-*.log): under the run directory,
+# unless the user set them. The config dir (settings, read only) is left alone.
+WANDB_DIR_VARS = {"WANDB_CACHE_DIR": "cache", "WANDB_DATA_DIR": "data", "WANDB_ARTIFACT_DIR": "artifacts"}
+_USER_WANDB_DIRS = {key for key in WANDB_DIR_VARS if key in os.environ}
+
+
+class LoggerUnavailableError(RuntimeError):
+    """The logger asked for cannot work here; the message says which setting to use instead."""
 
 
 def _has_wandb_login() -> bool:
@@ -35,6 +46,11 @@ def wandb_mode(requested: str = "auto") -> str:
     env = os.environ.get("WANDB_MODE", "")
     if env in ("offline", "disabled", "dryrun"):
         return "offline"
+    if requested == "online" and not _reachable(WANDB_HOST):
+        raise LoggerUnavailableError(
+            f"logger.mode=online but {WANDB_HOST} is unreachable (no network?). Use logger.mode=auto (online when "
+            "reachable, else offline) or logger.mode=offline and `wandb sync` the run later"
+        )
     if requested in ("online", "offline"):
         return requested
     if not _has_wandb_login():
@@ -46,8 +62,23 @@ def wandb_mode(requested: str = "auto") -> str:
     return "online"
 
 
-def build_loggers(cfg, run_dir: Path, run_name: str, config: dict) -> list[Logger]:
-    loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
+def check_logger(cfg) -> None:
+    """Before any work: a logger that cannot work here (``logger.mode=online`` with no network) ends the run."""
+    if cfg.kind not in ("wandb", "csv", "none"):
+        raise LoggerUnavailableError(f"unknown logger.kind `{cfg.kind}`; use wandb, csv or none")
+    if cfg.kind == "wandb" and cfg.mode == "online":
+        wandb_mode(cfg.mode)
+
+
+def keep_wandb_files_in(run_dir: Path) -> None:
+    for key, sub in WANDB_DIR_VARS.items():
+        if key not in _USER_WANDB_DIRS:
+            os.environ[key] = str(run_dir / "wandb" / sub)
+
+
+def build_loggers(cfg, run_dir: Path, run_name: str, config: dict, resume_step: int | None = None) -> list[Logger]:
+    """``resume_step``: a resumed run keeps the CSV rows logged before it (and continues the run's W&B id)."""
+    loggers: list[Logger] = [HistoryCSVLogger(save_dir=str(run_dir), name="csv", version="", keep_before_step=resume_step)]
     if cfg.kind == "none":
         return []
     if cfg.kind == "wandb":
@@ -59,9 +90,11 @@ def build_loggers(cfg, run_dir: Path, run_name: str, config: dict) -> list[Logge
             return loggers
         mode = wandb_mode(cfg.mode)
         os.environ.setdefault("WANDB_SILENT", "true")
+        keep_wandb_files_in(run_dir)
         wandb_logger = WandbLogger(
             project=cfg.project, entity=cfg.entity or None, name=run_name, save_dir=str(run_dir),
             offline=mode == "offline", config=config, settings=_wandb_settings(),
+            id=read_run_record(run_dir).get("wandb_id"), resume="allow",
         )
         loggers.append(wandb_logger)
     elif cfg.kind != "csv":

@@ -8,11 +8,14 @@ from timm.optim import Lars
 from torch import nn
 
 
-def param_groups(model: nn.Module, weight_decay: float, exclude_bias_and_norm: bool, probe_prefixes=("probes.",)):
-    """Backbone/heads with decay, biases and norm weights without, online probes in their own group."""
+def param_groups(model: nn.Module, weight_decay: float, exclude_bias_and_norm: bool, probe_prefixes=("probes.",),
+                 skip=()):
+    """Backbone/heads with decay, biases and norm weights without, online probes in their own group.
+    Parameters in ``skip`` are left out (a method groups them itself)."""
+    skip = {id(p) for p in skip}
     decay, no_decay, probes = [], [], []
     for name, param in model.named_parameters():
-        if not param.requires_grad:
+        if not param.requires_grad or id(param) in skip:
             continue
         if name.startswith(probe_prefixes):
             probes.append(param)
@@ -48,6 +51,11 @@ def build_optimizer(cfg, groups: list[dict], lr: float, on_cuda: bool) -> torch.
                              "multi-tensor/foreach wherever torch supports it) or foreach")
         return Lars(groups, lr=lr, momentum=cfg.momentum, **impl)
     raise ValueError(f"unknown optim.name `{cfg.name}`; use sgd, lars or adamw")
+
+
+def constant_lr(step: int) -> float:
+    """LR multiplier of a group that keeps its lr (e.g. SeCu's centres)."""
+    return 1.0
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, zero_steps: int = 0, min_ratio: float = 0.0) -> float:

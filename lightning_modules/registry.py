@@ -13,6 +13,7 @@ METHODS = {
     "supervised": "lightning_modules.supervised:Supervised",
     "supcon": "lightning_modules.supcon:SupCon",
     "coins": "lightning_modules.coins:CoIns",
+    "secu": "lightning_modules.secu:SeCu",
 }
 
 

@@ -8,18 +8,18 @@ import time
 from pathlib import Path
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from configs.loader import ConfigError, to_plain, to_yaml
 from lightning_modules.callbacks import Throughput, ViewGrid
+from lightning_modules.cpu_run import CpuCostNotice, fit_precision_to_cpu
+from lightning_modules.feature_diagnostics import FeatureDiagnostics
+from lightning_modules.last_good import LastCheckpoint
 from lightning_modules.loggers import build_loggers
+from lightning_modules.resume import CONFIG_FILE, ResumePoint, ensure_run_record
+from lightning_modules.run_progress import RunProgressBar
 
 log = logging.getLogger(__name__)
-CONFIG_FILE = "config.yaml"
-
-
-class LastCheckpoint(ModelCheckpoint):
-    """``last.ckpt`` every epoch; its own class keeps its state apart from the periodic checkpoints'."""
 
 
 def check_trainer_keys(trainer_cfg: dict) -> None:
@@ -32,21 +32,6 @@ def check_trainer_keys(trainer_cfg: dict) -> None:
             close = difflib.get_close_matches(key, valid, n=1)
             hint = f" Did you mean `trainer.{close[0]}`?" if close else ""
             raise ConfigError(f"unknown config key `trainer.{key}` (not a lightning.Trainer argument).{hint}")
-
-
-def find_resume_checkpoint(cfg, run_name: str) -> Path | None:
-    if not cfg.resume:
-        return None
-    if cfg.resume != "auto":
-        path = Path(cfg.resume)
-        if not path.is_file():
-            raise FileNotFoundError(f"resume={cfg.resume}: no such checkpoint. Use resume=auto or a path to a .ckpt")
-        return path
-    candidates = sorted(Path(cfg.run_dir, run_name).glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        log.warning("resume=auto: no last.ckpt under %s; starting a new run", Path(cfg.run_dir, run_name))
-        return None
-    return candidates[-1]
 
 
 # "<pid>:<dir>": rank 0's run directory, inherited by the processes Lightning's DDP launcher starts from it
@@ -64,33 +49,47 @@ def launch_rank() -> int:
     return int(os.environ.get("NODE_RANK", 0)) + int(os.environ.get("LOCAL_RANK", 0))
 
 
-def prepare_run_dir(cfg, run_name: str, resume_from: Path | None) -> Path:
-    """A new directory per run (``<run_dir>/<name>/<timestamp>``); a resumed run continues in its own.
+def _without_resume_key(config_yaml: str) -> list[str]:
+    return [line for line in config_yaml.splitlines() if not line.startswith("resume:")]
+
+
+def prepare_run_dir(cfg, run_name: str, resume: ResumePoint | None) -> Path:
+    """A new directory per run (``<run_dir>/<name>/<timestamp>``); a resumed run continues in its own, and a run
+    resumed from a checkpoint outside any run directory gets a new one (nothing is written beside that checkpoint).
 
     Only rank 0 creates it and writes the config: the other ranks start later (their timestamp would differ) and
-    Lightning writes checkpoints and logs from rank 0 only.
+    Lightning writes checkpoints and logs from rank 0 only. A resume keeps the run's config.yaml; a changed config
+    goes beside it as config-resumed-<timestamp>.yaml.
     """
-    if resume_from:
-        run_dir = resume_from.parent.parent
+    if resume and resume.run_dir:
+        run_dir = resume.run_dir
     elif launch_rank() != 0 and os.environ.get(RUN_DIR_ENV, "").startswith(f"{os.getppid()}:"):
         run_dir = Path(os.environ[RUN_DIR_ENV].split(":", 1)[1])
     else:
         run_dir = Path(cfg.run_dir, run_name, time.strftime("%Y%m%d-%H%M%S"))
     if launch_rank() == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / CONFIG_FILE).write_text(to_yaml(cfg))
+        config_file, text = run_dir / CONFIG_FILE, to_yaml(cfg)
+        if not config_file.is_file():
+            config_file.write_text(text)
+        elif _without_resume_key(config_file.read_text()) != _without_resume_key(text):
+            (run_dir / f"config-resumed-{time.strftime('%Y%m%d-%H%M%S')}.yaml").write_text(text)
+        ensure_run_record(run_dir)
         os.environ[RUN_DIR_ENV] = f"{os.getpid()}:{run_dir}"
     return run_dir
 
 
-def build_trainer(cfg, run_dir: Path, run_name: str) -> pl.Trainer:
+def build_trainer(cfg, run_dir: Path, run_name: str, resume_step: int | None = None) -> pl.Trainer:
+    """``resume_step``: the global step a resumed run starts from (the CSV history before it is kept)."""
     ckpt_dir = run_dir / "checkpoints"
     callbacks = [
+        CpuCostNotice(allow_slow=cfg.allow_slow_cpu, max_time_minutes=cfg.max_time_minutes),
         Throughput(),
         ViewGrid(run_dir / "views", cfg.logger.view_grid_every_n_epochs),
+        FeatureDiagnostics(cfg.logger.diagnostics_every_n_epochs, cfg.logger.diagnostics_images),
     ]
     if cfg.trainer.get("enable_progress_bar", True):
-        callbacks.append(RichProgressBar(leave=True))
+        callbacks.append(RunProgressBar(leave=True))
     if cfg.checkpoint.save_last:
         callbacks.append(LastCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, every_n_epochs=1,
                                         enable_version_counter=False, save_on_train_epoch_end=True))
@@ -99,10 +98,10 @@ def build_trainer(cfg, run_dir: Path, run_name: str) -> pl.Trainer:
             dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
             every_n_epochs=cfg.checkpoint.every_n_epochs, save_top_k=-1, save_on_train_epoch_end=True,
         ))
-    loggers = build_loggers(cfg.logger, run_dir, run_name, to_plain(cfg))
+    loggers = build_loggers(cfg.logger, run_dir, run_name, to_plain(cfg), resume_step)
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-    trainer_kwargs = dict(to_plain(cfg.trainer))
+    trainer_kwargs = fit_precision_to_cpu(dict(to_plain(cfg.trainer)))
     trainer_kwargs.setdefault("log_every_n_steps", cfg.logger.log_every_n_steps)
     if cfg.model.sync_batchnorm:
         trainer_kwargs.setdefault("sync_batchnorm", True)

@@ -15,13 +15,17 @@ Rules this module fixes (the design leaves them open):
   cluster of the head. The dual target of cluster k in block c is r * (B_c / K_c + B_u / K) / B,
   where B_c rows of the batch belong to c and B_u rows are unknown, so that the size bound
   r * N_c / K_c holds inside each superclass.
-- Stage 2 (one view, last stage), when `stage2_slots` > 0: every instance keeps, per head,
-  up to S (label, count) slots. On each step the new label either increments its slot, or
-  takes the first empty slot with count 1, or, when all slots are taken, replaces the slot with
-  the smallest count (the lowest slot on ties) with count 1. The weight of a slot is its count
-  divided by the number of stage-2 steps that instance saw (its frequency over the epochs), and
-  the soft target is softmax(weight / T) over the occupied slots. The end-of-epoch centres are
-  averaged the same way. Call `begin_stage2()` when the last stage starts.
+- Stage 2 (one view, last stage), when `stage2_slots` > 0: every instance keeps, per head, up to
+  S (label, weight) slots, and the soft target is softmax(weight / T) over the slots with weight > 0.
+  Call `begin_stage2()` when the last stage starts. `stage2_rule` picks the rules (ops/coke_stage2.py):
+  - "faithful" (the official code): batches are assigned against the averaged centres C_avg, which are
+    also the loss centres and stay fixed within an epoch (`prev_centers` holds them); the online centres
+    are the exact running mean of the epoch's members, not renormalised; at the epoch end, with
+    f = 1 / (stage-2 epochs so far), C_avg <- normalize((1 - f) C_avg + f normalize(C_epoch)) and the
+    online centres restart from C_avg. Slot weights are the running average of one-hots, renormalised
+    on eviction.
+  - "legacy": assignment and centres as in stage 1; slot weights are label counts over the instance's
+    stage-2 steps; the loss centres are the normalised sum of the stage-2 epochs' centres.
 """
 from __future__ import annotations
 
@@ -31,7 +35,10 @@ import torch
 import torch.nn.functional as F
 
 from .assign import assign, to_local_labels
-from .coke_update import update_clusters_
+from .coke_stage2 import faithful_slot_update, legacy_slot_update, moving_average_centers, slot_soft_targets
+from .coke_update import update_clusters_, update_running_means_
+
+STAGE2_RULES = ("faithful", "legacy")
 
 
 def partition_clusters(num_clusters: int, superclass_sizes: Sequence[int]) -> list[int]:
@@ -65,6 +72,10 @@ def _segments(offsets: list[int]) -> list[slice]:
     return [slice(lo, hi) for lo, hi in zip(offsets[:-1], offsets[1:])]
 
 
+def _mirror_stage2_flag(state: "CokeState", incompatible_keys) -> None:
+    state._stage2_started = bool(state.stage2_started)
+
+
 class CokeState(torch.nn.Module):
     def __init__(
         self,
@@ -79,8 +90,16 @@ class CokeState(torch.nn.Module):
         stage2_slots: int = 0,
         stage2_temperature: float = 0.5,
         superclass_sizes: Sequence[int] | None = None,
+        center_carry: float = 0.0,
+        stage2_rule: str = "faithful",
     ):
         super().__init__()
+        if not 0.0 <= center_carry < 1.0:
+            raise ValueError(f"center_carry must be in [0, 1), got {center_carry}")
+        self.center_carry = float(center_carry)
+        if stage2_rule not in STAGE2_RULES:
+            raise ValueError(f"stage2_rule must be one of {STAGE2_RULES}, got {stage2_rule!r}")
+        self.stage2_rule = stage2_rule
         self.num_clusters = [int(k) for k in num_clusters]
         self.offsets = [0]
         for k in self.num_clusters:
@@ -98,6 +117,8 @@ class CokeState(torch.nn.Module):
         self.register_buffer("prev_centers", centers.clone())
         self.register_buffer("duals", torch.zeros(total))
         self.register_buffer("counters", torch.zeros(total, dtype=torch.int64))
+        # Members carried into this epoch's counters by center_carry (not this epoch's members: dashboards skip them).
+        self.register_buffer("carried", torch.zeros(total, dtype=torch.int64))
         self.register_buffer("label_memory", torch.full((num_instances, heads), -1, dtype=torch.int64))
         self.register_buffer("epoch", torch.zeros((), dtype=torch.int64))
         # Dashboard accumulators for the current epoch.
@@ -105,15 +126,21 @@ class CokeState(torch.nn.Module):
         self.register_buffer("epoch_changed", torch.zeros(heads, dtype=torch.int64))
         self.register_buffer("epoch_compared", torch.zeros(heads, dtype=torch.int64))
 
+        self._stage2_started = False  # host copy of the buffer, so that `step` never waits on the device
         head_size = torch.cat([torch.full((k,), float(k)) for k in self.num_clusters])
         self.register_buffer("head_size_of_cluster", head_size, persistent=False)
         self._init_superclasses(superclass_sizes)
         if self.stage2_slots > 0:
             self.register_buffer("slot_labels", torch.full((num_instances, heads, self.stage2_slots), -1, dtype=torch.int32))
-            self.register_buffer("slot_counts", torch.zeros(num_instances, heads, self.stage2_slots))
-            self.register_buffer("slot_steps", torch.zeros(num_instances))
-            self.register_buffer("center_sum", torch.zeros(total, dim))
-            self.register_buffer("center_epochs", torch.zeros((), dtype=torch.int64))
+            self.register_buffer("stage2_started", torch.zeros((), dtype=torch.bool))
+            self.register_load_state_dict_post_hook(_mirror_stage2_flag)
+            self.register_buffer("center_epochs", torch.zeros((), dtype=torch.int64))  # stage-2 epochs ended
+            if self.stage2_rule == "faithful":
+                self.register_buffer("slot_weights", torch.zeros(num_instances, heads, self.stage2_slots))
+            else:
+                self.register_buffer("slot_counts", torch.zeros(num_instances, heads, self.stage2_slots))
+                self.register_buffer("slot_steps", torch.zeros(num_instances))
+                self.register_buffer("center_sum", torch.zeros(total, dim))
 
     def _init_superclasses(self, superclass_sizes):
         self.num_superclasses = 0 if superclass_sizes is None else len(superclass_sizes)
@@ -147,20 +174,33 @@ class CokeState(torch.nn.Module):
         kernel = self.kernel if self.kernel != "auto" else ("triton" if x.is_cuda else "torch")
 
         prev_labels = self.label_memory[index]
+        averaging = self.faithful_stage2()
         labels, counts = assign(
-            x, self.centers, self.duals, self.head_offsets if kernel == "triton" else self.offsets,
+            x, self.prev_centers if averaging else self.centers, self.duals,
+            self.head_offsets if kernel == "triton" else self.offsets,
             row_ranges=None if coarse is None else self.row_ranges(coarse),
             kernel=kernel, max_scores=self.max_scores)
         target = self.dual_target(coarse, x.shape[0])
-        update_clusters_(x, labels, counts, self.centers, self.counters, self.duals, target,
-                         dual_lr=self.dual_lr, clamp=self.ratio < 1.0, kernel=kernel)
+        if averaging:
+            update_running_means_(x, labels, counts, self.centers, self.counters, self.duals, target, self.offsets,
+                                  dual_lr=self.dual_lr, clamp=self.ratio < 1.0)
+        else:
+            update_clusters_(x, labels, counts, self.centers, self.counters, self.duals, target,
+                             dual_lr=self.dual_lr, clamp=self.ratio < 1.0, kernel=kernel)
 
         new_labels = to_local_labels(labels, self.head_offsets)[first_occurrence_rows(index)]
         self._track_epoch(prev_labels, new_labels, target, x.shape[0])
         self.label_memory[index] = new_labels
-        if self.stage2_slots > 0:
+        if self.stage2_slots > 0 and (self.stage2_rule == "legacy" or averaging):
             self._update_slots(index, new_labels)
         return prev_labels
+
+    def faithful_stage2(self) -> bool:
+        return self.stage2_rule == "faithful" and self._stage2_started
+
+    def stage2_fraction(self) -> torch.Tensor:
+        """f = 1 / (stage-2 epochs so far, the current one included), as a device scalar."""
+        return 1.0 / (self.center_epochs + 1).to(torch.float32)
 
     def row_ranges(self, coarse: torch.Tensor) -> torch.Tensor:
         """(B,H,2) absolute [lo, hi): the block of the row's superclass, or the whole head when coarse is -1."""
@@ -189,21 +229,14 @@ class CokeState(torch.nn.Module):
         self.epoch_bound += target * batch_size
 
     def _update_slots(self, index: torch.Tensor, new_labels: torch.Tensor) -> None:
-        slot_labels = self.slot_labels[index]
-        slot_counts = self.slot_counts[index]
-        label = new_labels.to(slot_labels.dtype).unsqueeze(2)
-        hit = slot_labels == label
-        empty = slot_labels < 0
-        chosen = torch.where(
-            hit.any(dim=2), hit.to(torch.int8).argmax(dim=2),
-            torch.where(empty.any(dim=2), empty.to(torch.int8).argmax(dim=2), slot_counts.argmin(dim=2)))
-        chosen = chosen.unsqueeze(2)
-        count = torch.where(hit.any(dim=2, keepdim=True), slot_counts.gather(2, chosen) + 1, 1.0)
-        has_label = label >= 0
-        slot_labels.scatter_(2, chosen, torch.where(has_label, label, slot_labels.gather(2, chosen)))
-        slot_counts.scatter_(2, chosen, torch.where(has_label, count, slot_counts.gather(2, chosen)))
-        self.slot_labels[index] = slot_labels
-        self.slot_counts[index] = slot_counts
+        if self.stage2_rule == "faithful":
+            # Copies of one id carry the same label; they all write the same result once.
+            labels, weights = faithful_slot_update(
+                self.slot_labels[index], self.slot_weights[index], new_labels, self.stage2_fraction())
+            self.slot_labels[index], self.slot_weights[index] = labels, weights
+            return
+        labels, counts = legacy_slot_update(self.slot_labels[index], self.slot_counts[index], new_labels)
+        self.slot_labels[index], self.slot_counts[index] = labels, counts
         self.slot_steps[index] = self.slot_steps[index] + 1
 
     # ---------------------------------------------------------------------------------------- epochs
@@ -211,11 +244,20 @@ class CokeState(torch.nn.Module):
     def end_epoch(self) -> dict[str, torch.Tensor]:
         """Freeze the centres for the loss, reset the per-epoch counters; returns this epoch's summary."""
         summary = self.epoch_summary()
-        self.prev_centers.copy_(self.centers)
-        if self.stage2_slots > 0:
+        if self.faithful_stage2():
+            self.prev_centers.copy_(moving_average_centers(self.prev_centers, self.centers, self.stage2_fraction()))
+            self.centers.copy_(self.prev_centers)
+            self.center_epochs += 1
+        else:
+            self.prev_centers.copy_(self.centers)
+        if self.stage2_slots > 0 and self.stage2_rule == "legacy":
             self.center_sum += self.centers
             self.center_epochs += 1
-        self.counters.zero_()
+        # center_carry = 0 (the paper): the counters restart, so an epoch's first member replaces its centre.
+        # c > 0: each centre keeps c x its weight (an exponential memory of about 1/(1-c) epochs of members), so it
+        # moves smoothly and keeps its identity from one epoch to the next.
+        self.carried.copy_(torch.floor(self.counters * self.center_carry).to(torch.int64))
+        self.counters.copy_(self.carried)
         self.epoch_bound.zero_()
         self.epoch_changed.zero_()
         self.epoch_compared.zero_()
@@ -228,14 +270,19 @@ class CokeState(torch.nn.Module):
         if self.stage2_slots == 0:
             raise RuntimeError("stage 2 needs stage2_slots > 0 at construction")
         self.slot_labels.fill_(-1)
-        self.slot_counts.zero_()
-        self.slot_steps.zero_()
-        self.center_sum.zero_()
         self.center_epochs.zero_()
+        self.stage2_started.fill_(True)
+        self._stage2_started = True
+        if self.stage2_rule == "faithful":
+            self.slot_weights.zero_()
+        else:
+            self.slot_counts.zero_()
+            self.slot_steps.zero_()
+            self.center_sum.zero_()
 
     def loss_centers(self) -> torch.Tensor:
         """(sum K, D) centres the loss uses: the previous epoch's, or in stage 2 their average over epochs."""
-        if self.stage2_slots == 0:
+        if self.stage2_slots == 0 or self.stage2_rule == "faithful":  # faithful: prev_centers holds C_avg
             return self.prev_centers
         averaged = F.normalize(self.center_sum, dim=1)
         return torch.where(self.center_epochs > 0, averaged, self.prev_centers)
@@ -252,12 +299,11 @@ class CokeState(torch.nn.Module):
         """
         index = index.to(self.centers.device, torch.int64)
         labels = self.slot_labels[index, head].to(torch.int64)
-        weights = self.slot_counts[index, head] / self.slot_steps[index].clamp_min(1).unsqueeze(1)
-        occupied = labels >= 0
-        logits = torch.where(occupied, weights / self.stage2_temperature, float("-inf"))
-        any_occupied = occupied.any(dim=1, keepdim=True)
-        probs = torch.softmax(torch.where(any_occupied, logits, 0.0), dim=1)
-        return labels, torch.where(occupied, probs, 0.0)
+        if self.stage2_rule == "faithful":
+            weights = self.slot_weights[index, head]
+        else:
+            weights = self.slot_counts[index, head] / self.slot_steps[index].clamp_min(1).unsqueeze(1)
+        return labels, slot_soft_targets(labels, weights, self.stage2_temperature)
 
     def dense_soft_targets(self, index: torch.Tensor, head: int) -> torch.Tensor:
         """The same targets as a dense (B, K_head) distribution."""
@@ -268,11 +314,11 @@ class CokeState(torch.nn.Module):
     # ------------------------------------------------------------------------------------ dashboards
     def cluster_sizes(self) -> list[torch.Tensor]:
         """Members of every cluster so far this epoch, per head (copies: `end_epoch` resets the counters)."""
-        return [sizes.clone() for sizes in self.split_heads(self.counters)]
+        return [sizes.clone() for sizes in self.split_heads(self.counters - self.carried)]
 
     def fraction_under_bound(self) -> torch.Tensor:
         """(H,) fraction of clusters whose size this epoch is under the bound r * N / K (per superclass if any)."""
-        under = (self.counters.to(torch.float32) < self.epoch_bound).to(torch.float32)
+        under = ((self.counters - self.carried).to(torch.float32) < self.epoch_bound).to(torch.float32)
         return torch.stack([part.mean() for part in self.split_heads(under)])
 
     def dual_stats(self) -> torch.Tensor:
@@ -307,4 +353,5 @@ class CokeState(torch.nn.Module):
     def extra_repr(self) -> str:
         return (f"instances={self.num_instances}, clusters={self.num_clusters}, dim={self.dim}, "
                 f"ratio={self.ratio}, dual_lr={self.dual_lr}, kernel={self.kernel!r}, "
-                f"superclasses={self.num_superclasses}, stage2_slots={self.stage2_slots}")
+                f"superclasses={self.num_superclasses}, stage2_slots={self.stage2_slots}, "
+                f"stage2_rule={self.stage2_rule!r}")

@@ -4,6 +4,7 @@
 - centres: c_k <- normalize((m_k c_k + sum of members' x) / (m_k + n_k)) where n_k > 0, else unchanged;
            so the first hits of an epoch (m_k = 0) replace the centre;
 - counters: m_k <- m_k + n_k.
+- one-view stage 2 (faithful rule): the same without the renormalisation (`update_running_means_`).
 
 B is the number of rows of the (gathered) batch. Labels are global (B, H) indices, -1 = none.
 """
@@ -77,5 +78,42 @@ def update_clusters_(
         raise ValueError(f"kernel must be 'auto', 'torch' or 'triton', got {kernel!r}")
     sums = cluster_sums(x, labels, centers.shape[0])
     centers.copy_(blend_centers(centers, counters, sums, counts))
+    duals.copy_(dual_step(duals, counts, dual_target, x.shape[0], dual_lr, clamp))
+    counters.add_(counts.to(counters.dtype))
+
+
+def exact_cluster_sums(x: torch.Tensor, labels: torch.Tensor, offsets: list[int]) -> torch.Tensor:
+    """(sum K, D) fp32 member sums as one-hot GEMMs, one per head: bit-reproducible across ranks on CUDA,
+    where index_add_ is not."""
+    x = x.to(torch.float32)
+    sums = []
+    with torch.autocast(x.device.type, enabled=False):  # fp32 sums even inside a bf16 training step
+        for head, (lo, hi) in enumerate(zip(offsets[:-1], offsets[1:])):
+            local = (labels[:, head] - lo).clamp_min(0).unsqueeze(1)
+            valid = (labels[:, head] >= 0).to(torch.float32).unsqueeze(1)
+            one_hot = torch.zeros(x.shape[0], hi - lo, device=x.device).scatter_(1, local, valid)
+            sums.append(one_hot.T @ x)
+    return torch.cat(sums)
+
+
+def update_running_means_(
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    counts: torch.Tensor,
+    centers: torch.Tensor,
+    counters: torch.Tensor,
+    duals: torch.Tensor,
+    dual_target: torch.Tensor,
+    offsets: list[int],
+    *,
+    dual_lr: float,
+    clamp: bool = True,
+) -> None:
+    """Like `update_clusters_`, but the centres stay the exact (un-normalised) running mean of this epoch's members
+    (the official stage-2 rule): c <- (m c + sum of members' x) / (m + n) where n > 0."""
+    sums = exact_cluster_sums(x, labels, offsets)
+    m = counters.to(torch.float32).unsqueeze(1)
+    n = counts.to(torch.float32).unsqueeze(1)
+    centers.copy_(torch.where(n > 0, (m * centers + sums) / (m + n).clamp_min(1.0), centers))
     duals.copy_(dual_step(duals, counts, dual_target, x.shape[0], dual_lr, clamp))
     counters.add_(counts.to(counters.dtype))

@@ -145,7 +145,9 @@ def test_one_view_loss_is_ce_against_frozen_centres_and_previous_labels(cifar10)
 
 
 def test_two_view_loss_is_alpha_one_hot_plus_swapped_soft_ce(cifar10):
-    module = CoKe(coke_cfg(TWO_VIEW, "method.num_clusters=[6,9]"), {"num_train": 20, "num_fine": 10, "num_coarse": 2})
+    """view_loss=legacy; the official (faithful) loss is checked in test_coke_faithful.py."""
+    module = CoKe(coke_cfg(TWO_VIEW, "method.num_clusters=[6,9]", "method.view_loss=legacy"),
+                  {"num_train": 20, "num_fine": 10, "num_coarse": 2})
     module.eval()
     assert module.two_views and module.temperature == 0.05 and module.method_cfg.alpha == 0.2
     images, batch = _references_batch(cifar10)
@@ -204,8 +206,8 @@ def test_two_view_clusters_on_the_unrenormalised_mean_and_small_crops_are_studen
 def test_stage2_loss_reads_the_soft_targets_before_this_step_writes(cifar10, monkeypatch):
     """Stage 2 (one view): the target is a softmax at t = 0.5 of the label frequencies over the EARLIER
     stage-2 epochs, read before this step's label is written (design §5, rule 5); in the first stage-2 epoch,
-    with no stage-2 label yet, it is the previous epoch's hard label."""
-    module = CoKe(coke_cfg(ONE_VIEW, "method.num_clusters=[6,9]", "method.stage2_epochs=3"),
+    with no stage-2 label yet, it is the previous epoch's hard label. (stage2_rule=legacy: label frequencies.)"""
+    module = CoKe(coke_cfg(ONE_VIEW, "method.num_clusters=[6,9]", "method.stage2_epochs=3", "method.stage2_rule=legacy"),
                   {"num_train": 20, "num_fine": 10, "num_coarse": 2})
     module.eval()
     monkeypatch.setattr(CoKe, "in_stage2", lambda self: True)
@@ -263,8 +265,10 @@ def test_variants_fit_with_finite_loss(config, extra, tmp_path, cifar10_tar, cac
 
 
 # -------------------------------------------------------------------------------------- resume
-def test_resume_mid_epoch_reproduces_the_clustering_state(tmp_path, cifar10_tar, cache_dir, monkeypatch):
-    common = (*SMALL, "trainer.max_epochs=4")
+@pytest.mark.parametrize("extra", [[], ["method.stage2_epochs=3"]], ids=["stage1", "stage2"])
+def test_resume_mid_epoch_reproduces_the_clustering_state(extra, tmp_path, cifar10_tar, cache_dir, monkeypatch):
+    """stage2: the crash falls in the second stage-2 epoch (of three), so the run resumes in the middle of stage 2."""
+    common = (*SMALL, "trainer.max_epochs=4", *extra)
     straight = run(ONE_VIEW, tmp_path / "a", cifar10_tar, cache_dir, *common)
 
     original = CoKe.training_step
@@ -298,7 +302,7 @@ def test_resume_mid_epoch_reproduces_the_clustering_state(tmp_path, cifar10_tar,
 # ------------------------------------------------------------------------------------- stage 2
 def test_stage2_fit_trains_on_soft_targets(tmp_path, cifar10_tar, cache_dir, monkeypatch):
     """Five epochs, the last three in stage 2: each step's targets are the label frequencies of the instance
-    over the earlier stage-2 epochs (softmax at t = 0.5); none yet in the first stage-2 epoch."""
+    over the earlier stage-2 epochs (softmax at t = 0.5); none yet in the first stage-2 epoch. stage2_rule=legacy."""
     calls = []
     original = CokeState.dense_soft_targets
 
@@ -317,7 +321,7 @@ def test_stage2_fit_trains_on_soft_targets(tmp_path, cifar10_tar, cache_dir, mon
 
     monkeypatch.setattr(CokeState, "end_epoch", remember)
     run_dir = run(ONE_VIEW, tmp_path, cifar10_tar, cache_dir, *SMALL, "trainer.max_epochs=5", "method.stage2_epochs=3",
-                  "logger.log_every_n_steps=1")
+                  "method.stage2_rule=legacy", "logger.log_every_n_steps=1")
     losses = metrics(run_dir)["train/loss"]
     assert len(losses) == 5 * STEPS
     assert all(math.isfinite(v) for v in losses) and all(v > 0 for v in losses[STEPS:])

@@ -214,7 +214,9 @@ def test_without_the_restriction_the_same_data_ignores_superclasses():
 
 
 def basis_state(num_clusters, slots):
-    state = CokeState(4, [num_clusters], num_clusters, dual_lr=0.0, kernel="torch", stage2_slots=slots)
+    """The legacy stage-2 rule (label counts); the faithful rule is tested in test_coke_faithful.py."""
+    state = CokeState(4, [num_clusters], num_clusters, dual_lr=0.0, kernel="torch", stage2_slots=slots,
+                      stage2_rule="legacy")
     state.centers.copy_(torch.eye(num_clusters))
     return state
 

@@ -87,11 +87,24 @@ def _safetensors_source(path: Path) -> EvalSource:
     )
 
 
+def checkpoint_in_directory(folder: Path) -> Path:
+    """A run directory (``runs/<name>/<timestamp>``) or its ``checkpoints/`` folder stands for its last.ckpt."""
+    for candidate in (folder / "checkpoints" / "last.ckpt", folder / "last.ckpt"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"{folder} is a directory without checkpoints/last.ckpt or last.ckpt. Pass a run directory "
+        "(runs/<name>/<timestamp>), a .ckpt file, an exported .safetensors, or `random`"
+    )
+
+
 def load_source(spec: str) -> EvalSource:
     """Load what CHECKPOINT names. Pickled checkpoints are read with ``weights_only=True`` only."""
     if spec == RANDOM:
         return EvalSource(kind=RANDOM, path=RANDOM, content_hash="random-init", backbone_state=None, method="random-init", epochs=0)
     path = Path(spec).expanduser()
+    if path.is_dir():
+        path = checkpoint_in_directory(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path} (pass a .ckpt, an exported .safetensors, or `random`)")
     return _safetensors_source(path) if path.suffix == ".safetensors" else _lightning_source(path)

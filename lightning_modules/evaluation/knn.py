@@ -1,6 +1,7 @@
 """kNN classification (test queries against the train bank) and leave-one-out retrieval, as result rows."""
 from __future__ import annotations
 
+import logging
 from typing import Any, Optional
 
 import torch
@@ -10,11 +11,22 @@ from lightning_modules.evaluation.report import result_row, score_rows
 from ops.knn import cosine_topk, weighted_vote
 from ops.retrieval import recall_from_neighbours
 
+log = logging.getLogger(__name__)
+
+
+def clamped_ks(ks, available: int, key: str, what: str) -> list[int]:
+    """The distinct ks, each at most ``available`` (with a warning naming the key when one is cut)."""
+    asked = sorted(int(k) for k in ks)
+    if asked and asked[-1] > available:
+        log.warning("%s=%s: only %d %s, so k is cut to %d (pass smaller ks, or a larger data.subset)",
+                    key, asked, available, what, available)
+    return sorted({min(k, available) for k in asked})
+
 
 def run_knn(train: FeatureSet, test: FeatureSet, levels: list[str], num_classes: dict[str, int],
             fine_to_coarse: Optional[torch.Tensor], cfg: Any, device: torch.device) -> list[dict]:
     """One neighbour search, then a weighted vote per k and label level."""
-    ks = sorted(int(k) for k in cfg.ks)
+    ks = clamped_ks(cfg.ks, len(train), "knn.ks", "train images")
     sims, ids = cosine_topk(test.features.to(device), train.features.to(device), max(ks),
                             query_chunk=cfg.query_chunk, bank_chunk=cfg.bank_chunk)
     sims, ids = sims.cpu(), ids.cpu()
@@ -32,7 +44,7 @@ def run_knn(train: FeatureSet, test: FeatureSet, levels: list[str], num_classes:
 
 def run_retrieval(queries: FeatureSet, split: str, levels: list[str], cfg: Any, device: torch.device) -> list[dict]:
     """Recall@K, leave-one-out within ``queries``, a hit being a neighbour of the same label."""
-    ks = sorted(int(k) for k in cfg.ks)
+    ks = clamped_ks(cfg.ks, len(queries) - 1, "retrieval.ks", f"other {split} images")
     _, ids = cosine_topk(queries.features.to(device), queries.features.to(device), max(ks), exclude_self=True,
                          query_chunk=cfg.query_chunk, bank_chunk=cfg.bank_chunk)
     ids = ids.cpu()

@@ -82,12 +82,18 @@ def fit_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: int, se
               seed: int = 0, accelerator: str = "auto") -> LinearProbe:
     torch.manual_seed(seed)
     probe = LinearProbe(features.mean(0), features.std(0), num_classes, settings, cfg.optimizer, cfg.momentum)
+    return train_probe(probe, features, labels, cfg.epochs, cfg.batch_size, seed, accelerator)
+
+
+def train_probe(probe: pl.LightningModule, features: torch.Tensor, labels: torch.Tensor, epochs: int, batch_size: int,
+                seed: int = 0, accelerator: str = "auto") -> pl.LightningModule:
+    """Fit any probe module on feature tensors (shuffled batches, quiet trainer); returns it on the CPU, in eval mode."""
     with _quiet_lightning():
         trainer = pl.Trainer(
-            max_epochs=cfg.epochs, accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
+            max_epochs=epochs, accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
         )
-        trainer.fit(probe, feature_loader(features, labels, cfg.batch_size, shuffle=True, seed=seed))
+        trainer.fit(probe, feature_loader(features, labels, batch_size, shuffle=True, seed=seed))
     return probe.cpu().eval()
 
 

@@ -8,9 +8,12 @@ from typing import Any, Optional
 import torch
 
 from lightning_modules.evaluation.clustering import run_coke_assignments, run_kmeans
+from lightning_modules.evaluation.diagnostics import run_diagnostics
 from lightning_modules.evaluation.features import FeatureSet
+from lightning_modules.evaluation.fewshot import run_fewshot
 from lightning_modules.evaluation.knn import run_knn, run_retrieval
 from lightning_modules.evaluation.linear_probe import run_linear
+from lightning_modules.evaluation.sea import run_sea
 
 
 @dataclass
@@ -29,8 +32,9 @@ def _accelerator(device: torch.device) -> str:
     return "gpu" if device.type == "cuda" else "cpu"
 
 
-def run_protocols(protocols: list[str], inputs: EvalInputs, cfg: Any, device: torch.device) -> tuple[list[dict], dict]:
-    rows, timings = [], {}
+def run_protocols(protocols: list[str], inputs: EvalInputs, cfg: Any, device: torch.device) -> tuple[list[dict], dict, dict]:
+    """(result rows, seconds per protocol, artifacts for the report's figures, e.g. the diagnostics map)."""
+    rows, timings, artifacts = [], {}, {}
     splits = {"train": inputs.train, "test": inputs.test}
     for protocol in protocols:
         start = time.perf_counter()
@@ -44,8 +48,22 @@ def run_protocols(protocols: list[str], inputs: EvalInputs, cfg: Any, device: to
             rows += run_retrieval(splits[split], split, inputs.levels, cfg.retrieval, device)
         elif protocol == "clustering":
             rows += _clustering(inputs, cfg, device, splits)
+        elif protocol == "sea":
+            rows += run_sea(inputs.train, inputs.test, inputs.levels, inputs.num_classes, inputs.fine_to_coarse,
+                            cfg.sea, cfg.data.val_fraction, cfg.seed, _accelerator(device))
+        elif protocol == "fewshot":
+            rows += run_fewshot(inputs.train, inputs.test, inputs.levels, inputs.num_classes, cfg.fewshot,
+                                _accelerator(device))
+        elif protocol == "diagnostics":
+            split = cfg.diagnostics.split
+            if split not in splits:
+                raise ValueError(f"unknown diagnostics.split `{split}`; use train or test")
+            found, made = run_diagnostics(splits[split], split, inputs.levels, inputs.fine_to_coarse,
+                                          inputs.num_classes["fine"], cfg.diagnostics, cfg.seed)
+            rows += found
+            artifacts.update(made)
         timings[protocol] = time.perf_counter() - start
-    return rows, timings
+    return rows, timings, artifacts
 
 
 def _clustering(inputs: EvalInputs, cfg: Any, device: torch.device, splits: dict) -> list[dict]:

@@ -14,18 +14,25 @@ report.json, schema_version 1::
       "features": {"dim", "transform": {"crop_size", "eval_resize", "mean", "std"}, "cache": {split: file|null},
                    "cache_hit": {split: bool}},
       "results": [
-        {"protocol": "offline-linear"|"knn"|"retrieval"|"clustering",
-         "level": "fine"|"coarse"|"fine-within-superclass",
-         "metric": "top1"|"top5"|"recall@K"|"nmi"|"ari"|"acc",
-         "value": float in [0, 1] (ARI may be negative),
+        {"protocol": "offline-linear"|"knn"|"retrieval"|"clustering"|"sea"|"fewshot"|"diagnostics",
+         "level": "fine"|"coarse"|"fine-within-superclass"|"none" (label-free diagnostics),
+         "metric": "top1"|"top5"|"recall@K"|"nmi"|"ari"|"acc", or for diagnostics (RAW_METRICS, not fractions)
+                   "rankme"|"rank_fraction"|"uniformity"|"alignment"|"collapse_ratio",
+         "value": float in [0, 1] (ARI may be negative); diagnostics: the raw number,
          "split": the split the number is measured on ("test", or "train" for clustering),
          "params": {protocol settings: linear: optimizer, epochs, lr, weight_decay, batch_size, val_fraction,
                     val_top1, train_images; knn: k, temperature, similarity, bank, bank_images;
                     retrieval: k, similarity, leave_one_out; clustering: source ("kmeans"|"coke"), k, iterations,
-                    init, head}},
+                    init, head; sea: as linear plus eta, alpha, temperature; fewshot: shots (int or "all"),
+                    seeds, per_seed, std, train_images, lr, weight_decay, epochs (value = mean over seeds);
+                    diagnostics: images, dim, and per metric t / positives / within, across}},
         ...],
-      "timings_s": {"features": s, "linear": s, "knn": s, "retrieval": s, "clustering": s}
+      "figures": {"fewshot": "fewshot.png", "map": "map.png"} (files beside report.json; those drawn),
+      "timings_s": {"features": s, "linear": s, "knn": s, "retrieval": s, "clustering": s, "sea": s, ...}
     }
+
+Since issue 17 (still schema 1, every addition optional): protocols sea, fewshot and diagnostics, level "none",
+the diagnostics metrics and the "figures" key.
 """
 from __future__ import annotations
 
@@ -33,15 +40,17 @@ import json
 import logging
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from lightning_modules.evaluation.metrics import classification_metrics, within_superclass_accuracy
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
-PROTOCOL_NAMES = {"linear": "offline-linear", "knn": "knn", "retrieval": "retrieval", "clustering": "clustering"}
+PROTOCOL_NAMES = {"linear": "offline-linear", "knn": "knn", "retrieval": "retrieval", "clustering": "clustering",
+                  "sea": "sea", "fewshot": "fewshot", "diagnostics": "diagnostics"}
 ROW_KEYS = ("protocol", "level", "metric", "value", "split", "params")
-TABLE_COLUMNS = ["protocol", "protocol details", "level", "metric", "value (%)", "eval data", "checkpoint epochs"]
+TABLE_COLUMNS = ["protocol", "protocol details", "level", "metric", "value", "eval data", "checkpoint epochs"]
+RAW_METRICS = ("rankme", "rank_fraction", "uniformity", "alignment", "collapse_ratio")  # shown as is, not as %
 
 
 def result_row(protocol: str, level: str, metric: str, value: float, split: str, **params: Any) -> dict:
@@ -65,6 +74,18 @@ def protocol_details(row: dict) -> str:
         chosen = (f"chosen on {p['val_fraction']:g} of train, val top1 {100 * p['val_top1']:.2f}"
                   if p.get("val_top1") is not None else "fixed, no search")
         return f"frozen features, {p['optimizer']} {p['epochs']} epochs, lr {p['lr']:g}, wd {p['weight_decay']:g} ({chosen})"
+    if row["protocol"] == "sea":
+        chosen = (f"chosen on {p['val_fraction']:g} of train, val top1 {100 * p['val_top1']:.2f}"
+                  if p.get("val_top1") is not None else "fixed, no search")
+        return (f"SeA: L2-normalised frozen features + semantic adversarial step eta {p['eta']:g} (alpha {p['alpha']:g}), "
+                f"T {p['temperature']:g}, sgd {p['epochs']} epochs, lr {p['lr']:g}, wd {p['weight_decay']:g} ({chosen})")
+    if row["protocol"] == "fewshot":
+        return (f"{p['shots']} labelled per class ({p['train_images']} images), linear probe lr {p['lr']:g} "
+                f"wd {p['weight_decay']:g} {p['epochs']} epochs; mean ± {100 * p['std']:.2f} over {len(p['seeds'])} seeds")
+    if row["protocol"] == "diagnostics":
+        extra = {"uniformity": f", t={p.get('t')}", "alignment": ", positives: same label",
+                 "collapse_ratio": f", within {p.get('within', 0):.3f} / across {p.get('across', 0):.3f}"}
+        return f"{row['metric']} of {p['images']} frozen features ({p['dim']}-d){extra.get(row['metric'], '')}"
     if row["protocol"] == "knn":
         return f"k={p['k']}, {p['similarity']}, weights exp(sim/T) T={p['temperature']:g}, bank: {p['bank']}"
     if row["protocol"] == "retrieval":
@@ -78,8 +99,12 @@ def build_report(checkpoint: dict, data: dict, features: dict, results: list[dic
     return {
         "schema_version": SCHEMA_VERSION, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command, "checkpoint": checkpoint, "data": data, "features": features,
-        "results": results, "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "results": results, "figures": {}, "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
+
+
+def format_value(row: dict) -> str:
+    return f"{row['value']:.4g}" if row["metric"] in RAW_METRICS else f"{100 * row['value']:.2f}%"
 
 
 def _eval_data(report: dict, row: dict) -> str:
@@ -91,7 +116,7 @@ def _eval_data(report: dict, row: dict) -> str:
 def table_rows(report: dict) -> list[list[str]]:
     epochs = report["checkpoint"].get("epochs")
     return [
-        [row["protocol"], protocol_details(row), row["level"], row["metric"], f"{100 * row['value']:.2f}",
+        [row["protocol"], protocol_details(row), row["level"], row["metric"], format_value(row),
          _eval_data(report, row), "random init" if report["checkpoint"]["kind"] == "random" else str(epochs)]
         for row in report["results"]
     ]
@@ -110,13 +135,73 @@ def render_markdown(report: dict) -> str:
         "| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS),
     ]
     lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(report)]
+    lines += sea_section(report) + fewshot_section(report) + diagnostics_section(report)
     lines += ["", f"report schema v{report['schema_version']}, written {report['created']}; timings (s): {report['timings_s']}", ""]
     return "\n".join(lines)
 
 
-def write_report(report: dict, out_dir: str | Path) -> tuple[Path, Path]:
+def sea_section(report: dict) -> list[str]:
+    """SeA beside the plain probe, on the same features, level by level."""
+    plain = {(r["level"], r["metric"]): r["value"] for r in report["results"] if r["protocol"] == "offline-linear"}
+    sea = [r for r in report["results"] if r["protocol"] == "sea"]
+    if not sea:
+        return []
+    lines = ["", "## SeA beside the plain linear probe (same frozen features, test split)", "",
+             "| level | metric | plain linear (%) | SeA (%) | SeA − plain (points) |", "|---|---|---:|---:|---:|"]
+    for r in sea:
+        base = plain.get((r["level"], r["metric"]))
+        plain_cell, diff_cell = ("-", "-") if base is None else (f"{100 * base:.2f}", f"{100 * (r['value'] - base):+.2f}")
+        lines.append(f"| {r['level']} | {r['metric']} | {plain_cell} | {100 * r['value']:.2f} | {diff_cell} |")
+    return lines
+
+
+def fewshot_section(report: dict) -> list[str]:
+    rows = [r for r in report["results"] if r["protocol"] == "fewshot"]
+    if not rows:
+        return []
+    levels = list(dict.fromkeys(r["level"] for r in rows))
+    shots = list(dict.fromkeys(r["params"]["shots"] for r in rows))
+    cell = {(r["level"], r["params"]["shots"]): r for r in rows}
+    lines = ["", "## Label efficiency (test top-1 %, mean ± std over seeds)", "",
+             "| labelled per class | " + " | ".join(levels) + " |", "|---|" + "---:|" * len(levels)]
+    for n in shots:
+        values = [f"{100 * cell[(lv, n)]['value']:.2f} ± {100 * cell[(lv, n)]['params']['std']:.2f}"
+                  if (lv, n) in cell else "-" for lv in levels]
+        lines.append(f"| {n} | " + " | ".join(values) + " |")
+    if "fewshot" in report.get("figures", {}):
+        lines += ["", f"![label efficiency]({report['figures']['fewshot']})"]
+    return lines
+
+
+def diagnostics_section(report: dict) -> list[str]:
+    if "map" not in report.get("figures", {}):
+        return []
+    return ["", "## Map of the features (t-SNE; colour: fine class, outline: superclass)", "",
+            f"![feature map]({report['figures']['map']})"]
+
+
+def draw_figures(report: dict, out_dir: Path, artifacts: Optional[dict]) -> dict:
+    """The PNGs the results and artifacts call for, as {name: file name in out_dir}."""
+    from lightning_modules.evaluation.figures import feature_map, fewshot_plot
+
+    figures = {}
+    if fewshot_plot(report["results"], out_dir / "fewshot.png", f"label efficiency: {report['checkpoint']['path']}"):
+        figures["fewshot"] = "fewshot.png"
+    found = (artifacts or {}).get("map")
+    if found is not None:
+        data = report["data"]
+        feature_map(found["xy"], found["fine"], found["coarse"], data["class_names"], data["superclass_names"],
+                    out_dir / "map.png", f"{found['method']} of {len(found['xy'])} {data['name']} {found['split']} "
+                    "features: colour = fine class, outline = superclass")
+        figures["map"] = "map.png"
+    return figures
+
+
+def write_report(report: dict, out_dir: str | Path, artifacts: Optional[dict] = None) -> tuple[Path, Path]:
+    """report.json, report.md and the figures (fewshot.png, map.png) the results call for."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    report["figures"] = draw_figures(report, out_dir, artifacts)
     json_path, md_path = out_dir / "report.json", out_dir / "report.md"
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     md_path.write_text(render_markdown(report))
@@ -132,22 +217,27 @@ def log_to_wandb(report: dict, logger_cfg: Any, out_dir: str | Path) -> None:
     except ImportError:
         log.warning("wandb is not installed; the report is only on disk (pip install wandb to log it)")
         return
-    from lightning_modules.loggers import wandb_mode
+    from lightning_modules.loggers import keep_wandb_files_in, wandb_mode
 
+    keep_wandb_files_in(Path(out_dir))
     run = wandb.init(
         project=logger_cfg.project, entity=logger_cfg.entity or None, job_type="eval", dir=str(out_dir),
         mode=wandb_mode(logger_cfg.mode), config={"checkpoint": report["checkpoint"], "data": report["data"]},
     )
     try:
         run.log({"eval/report": wandb.Table(columns=TABLE_COLUMNS, data=table_rows(report))})
+        for name, file in report.get("figures", {}).items():
+            run.log({f"eval/{name}": wandb.Image(str(Path(out_dir) / file))})
         for row in report["results"]:
             key = "/".join(["eval", row["protocol"], row["level"], row["metric"]] + [f"{k}={v}" for k, v in _key_params(row)])
             run.summary[key] = row["value"]
         run.save(str(Path(out_dir) / "report.*"), base_path=str(out_dir), policy="now")
+        for file in report.get("figures", {}).values():
+            run.save(str(Path(out_dir) / file), base_path=str(out_dir), policy="now")
     finally:
         run.finish()
 
 
 def _key_params(row: dict) -> list[tuple[str, Any]]:
     """The parameters that tell apart rows of the same protocol, level and metric."""
-    return [(k, row["params"][k]) for k in ("k", "head", "source") if k in row["params"] and row["protocol"] != "retrieval"]
+    return [(k, row["params"][k]) for k in ("k", "head", "source", "shots") if k in row["params"] and row["protocol"] != "retrieval"]

@@ -24,6 +24,21 @@ class UnsafeCheckpointError(RuntimeError):
     """The file holds pickled objects beyond tensors and plain containers; nothing from it was executed."""
 
 
+class CheckpointReadError(ValueError):
+    """The file is not a readable PyTorch checkpoint (truncated, empty, or another kind of file)."""
+
+
+def _unreadable(path: Path, err: Exception) -> CheckpointReadError:
+    reason = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]  # torch's first sentence
+    size = path.stat().st_size
+    kind = "empty" if not size else "truncated or damaged" if _looks_like_a_checkpoint(path) else "not a PyTorch checkpoint"
+    return CheckpointReadError(
+        f"cannot read checkpoint {path} ({size} bytes): the file is {kind} "
+        f"({type(err).__name__}: {reason}). Use an intact checkpoint: checkpoints/last.ckpt or an epochNNN.ckpt "
+        "of the run, or copy the file again if it was cut short"
+    )
+
+
 def _refusal_reason(err: Exception) -> str:
     text = str(err)
     match = re.search(r"(Unsupported global: .*|Trying to load unsupported GLOBAL [^\n]*|Unsupported operand [^\n]*)", text)
@@ -62,8 +77,12 @@ def load_weights_only(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not _looks_like_a_checkpoint(path):
+        raise _unreadable(path, ValueError("neither a zip archive nor a pickle"))
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, KeyError, OSError) as err:  # torch's zip reader, a pickle cut short
+        raise _unreadable(path, err) from None
     except pickle.UnpicklingError as err:
         callables = referenced_globals(path)
         named = f"it references {', '.join(callables[:5])}; " if callables else ""
@@ -73,6 +92,13 @@ def load_weights_only(path: str | Path) -> Any:
             "weights_only=True and nothing in it was executed. Use a checkpoint written by this project, or an "
             "exported backbone (.safetensors)."
         ) from None
+
+
+def _looks_like_a_checkpoint(path: Path) -> bool:
+    """A zip archive (torch.save) or a pickle (protocol >= 2 starts with the PROTO opcode), by its first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith((b"PK\x03\x04", b"\x80"))
 
 
 def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -1,0 +1,82 @@
+"""CoKe's options for short budgets (departures from the paper, each off by default): the centres' member count
+carried across epochs (method.center_carry) and clustering on the un-augmented image (method.assign_on=clean)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ops.coke_state import CokeState
+
+
+def points(n: int, dim: int, seed: int) -> torch.Tensor:
+    return F.normalize(torch.randn(n, dim, generator=torch.Generator().manual_seed(seed)), dim=1)
+
+
+def test_without_carry_the_first_member_of_an_epoch_replaces_its_centre():
+    state = CokeState(8, [2], 4, ratio=1.0, dual_lr=0.0, seed=0)
+    state.step(points(8, 4, 1), torch.arange(8))
+    state.end_epoch()
+    assert (state.counters == 0).all()
+    x = points(1, 4, 2)
+    state.step(x, torch.tensor([0]))
+    hit = state.label_memory[0, 0].item()
+    assert torch.allclose(state.centers[hit], x[0], atol=1e-6)
+
+
+def test_carry_keeps_a_fraction_of_the_members_and_blends_the_next_epochs_first_member():
+    state = CokeState(8, [2], 4, ratio=1.0, dual_lr=0.0, seed=0, center_carry=0.5)
+    state.step(points(8, 4, 1), torch.arange(8))
+    sizes = state.counters.clone()
+    before = state.centers.clone()
+    state.end_epoch()
+    assert torch.equal(state.counters, torch.floor(sizes * 0.5).long())
+    assert [s.sum().item() for s in state.cluster_sizes()] == [0]  # the dashboard counts this epoch's members only
+
+    x = points(1, 4, 2)
+    state.step(x, torch.tensor([0]))
+    hit = state.label_memory[0, 0].item()
+    m = float(torch.floor(sizes[hit] * 0.5))
+    expected = F.normalize((m * before[hit] + x[0]) / (m + 1), dim=0)
+    assert torch.allclose(state.centers[hit], expected, atol=1e-6)
+    assert [s.sum().item() for s in state.cluster_sizes()] == [1]
+
+
+def test_carry_is_an_exponential_memory_of_the_counts():
+    state = CokeState(4, [1], 3, ratio=1.0, dual_lr=0.0, seed=0, center_carry=0.75)
+    for _ in range(6):
+        state.step(points(4, 3, 3), torch.arange(4))
+        state.end_epoch()
+    # carried_{e+1} = floor(0.75 (carried_e + 4)): 3, 5, 6, 7, 8, 9 (the floor slows it below the 12 fixed point)
+    assert state.counters.item() == 9
+
+
+def test_carry_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="center_carry"):
+        CokeState(4, [2], 3, center_carry=1.0)
+
+
+def test_assign_on_clean_clusters_the_unaugmented_image(cifar10_tar, cache_dir):
+    from test_coke_module import ONE_VIEW, build
+
+    model, datamodule = build(ONE_VIEW, cifar10_tar, cache_dir, "augment.clean_view=true", "method.assign_on=clean")
+    batch = next(iter(datamodule.train_dataloader()))
+    batch["views"] = datamodule.augment(batch["image"])
+    batch["clean_view"] = datamodule.eval_transform(batch["image"])
+    model.train()
+    with torch.no_grad():
+        expected = F.normalize(model.projection(model(batch["clean_view"])), dim=1)
+        model.training_loss(batch, model.encode_views(batch["views"]))
+    # The first step of an epoch: every cluster's first member replaced its centre, so each hit centre is the mean
+    # of the clean projections that the step gave it.
+    labels = model.clustering.label_memory[batch["index"], 0]
+    for k in labels.unique():
+        members = expected[labels == k]
+        assert torch.allclose(model.clustering.centers[k], F.normalize(members.mean(0), dim=0), atol=1e-4)
+
+
+def test_assign_on_clean_without_the_clean_view_is_a_clear_error(cifar10_tar, cache_dir):
+    from test_coke_module import ONE_VIEW, build
+
+    with pytest.raises(ValueError, match="augment.clean_view=true"):
+        build(ONE_VIEW, cifar10_tar, cache_dir, "method.assign_on=clean")

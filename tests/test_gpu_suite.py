@@ -1,0 +1,52 @@
+"""benchmarks/gpu_suite.sh off the GPU: --prepare fills the carried folder and prints the device call; --dry-run
+runs every stage at tiny sizes on the CPU and writes the summary, so the GPU run's plumbing cannot rot between GPU
+sessions."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SUITE = REPO / "benchmarks" / "gpu_suite.sh"
+WHEELS = REPO.parent / "shared" / "wheels" / "gpu-py312"
+DRY_RUN_STATUS = {
+    "install": "ok", "cuda-tests": "ok", "p1-assign": "skipped: needs CUDA", "p3-step": "ok", "augment": "ok",
+    "p2-coke": "ok", "p2-simclr": "ok",
+}
+
+
+def stage_table(summary: str) -> dict[str, str]:
+    """stage -> status, from the summary's table."""
+    rows = [line.split("|")[1:3] for line in summary.splitlines() if line.startswith("| ") and "---" not in line]
+    return {name.strip(): status.strip() for name, status in rows if name.strip() != "stage"}
+
+
+def test_prepare_fills_the_carried_folder_and_prints_the_device_call(tmp_path, cifar10_tar):
+    if not WHEELS.is_dir():
+        pytest.skip(f"no GPU wheels at {WHEELS}")
+    env = {**os.environ, "GPU_DIR": str(tmp_path / ".gpu"), "CIFAR_SRC": str(cifar10_tar)}
+    result = subprocess.run(["bash", str(SUITE), "--prepare"], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert '{"command": "bash benchmarks/gpu_suite.sh", "carry": [".gpu"], "timeout_s": 600}' in result.stdout
+    assert (tmp_path / ".gpu" / "data" / "cifar10-jpeg.tar.gz").stat().st_size == cifar10_tar.stat().st_size
+    copied = sorted(p.name for p in (tmp_path / ".gpu" / "wheels").iterdir())
+    assert copied == sorted(p.name for p in WHEELS.glob("*.whl"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1000)  # the script stops itself by 900 s (its dry-run deadline)
+def test_dry_run_runs_every_stage_and_prints_the_summary_last(tmp_path, cifar10, cache_dir, data_root):
+    # `cifar10` decodes the data into this session's cache first; the dry run's stages then read it from there.
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "COKE_CACHE_DIR": str(cache_dir),
+           "COKE_DATA_ROOT": str(data_root), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(["bash", str(SUITE), "--dry-run"], env=env, capture_output=True, text=True, timeout=990)
+    summary = (tmp_path / "summary.md").read_text()
+    assert result.returncode == 0, summary
+    assert stage_table(summary) == DRY_RUN_STATUS, summary
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["summary.md", *(f"{s}.log" for s in DRY_RUN_STATUS)])
+    assert result.stdout.rstrip().endswith(summary.rstrip())
+    assert "skipped" in summary.split("## cuda-tests")[1].split("##")[0]  # the CUDA tests collect, then skip
+    for table in ("| method | ms/step |", "| pipeline | where | images/s |", "| epoch | train min |"):
+        assert table in summary, table

@@ -1,0 +1,42 @@
+"""A run writes only under its run directory and the configured cache (W&B's own files included), and a resumed
+run continues its W&B run id (issue 15, items 2 and 6). Run in a fresh process with its own HOME and cwd."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tiny_data import tiny_tree, train_args
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = """
+import sys
+import train
+args = {args!r}
+assert train.main(args) == 0
+assert train.main(args + ["resume=auto", "trainer.max_epochs=2"]) == 0
+"""
+
+
+def _files_under(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def test_wandb_run_stays_in_the_run_directory_and_a_resume_continues_its_id(cifar10_tar, cache_dir, tmp_path):
+    tree = tiny_tree(cifar10_tar, cache_dir, tmp_path / "tree")
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
+    args = train_args(tree, tmp_path, "logger.kind=wandb", "trainer.max_epochs=1",
+                      config=str(REPO / "configs" / "pretrain" / "simclr_cifar10.yaml"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "XDG_", "COKE_CACHE"))}
+    env.update(HOME=str(home), WANDB_MODE="offline", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-c", SCRIPT.format(args=args)], cwd=work, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _files_under(home) == [] and _files_under(work) == []  # nothing in ~/.cache/wandb, ~/.config, the cwd
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "home", "runs", "tree", "work"]
+    [run_dir] = list((tmp_path / "runs" / "tiny").iterdir())
+    assert list(run_dir.glob("wandb/cache/wandb/logs/core-debug-*.log"))  # wandb-core's log, kept with the run
+    run_id = json.loads((run_dir / "run.json").read_text())["wandb_id"]
+    offline_runs = sorted(run_dir.glob("wandb/offline-run-*"))
+    assert len(offline_runs) == 2 and all(p.name.endswith(f"-{run_id}") for p in offline_runs)
