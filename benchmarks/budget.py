@@ -7,7 +7,9 @@
 
 The one table a user reads to choose a method. Every row pretrains from its own config
 (configs/pretrain/<config>.yaml) with the backbone, batch size, data, seed and **training-time budget** shared
-(``--set`` goes to every row). The lr schedule is fitted to the budget as benchmarks/time_to_accuracy.py does:
+(``--set`` goes to every row). On the CPU the budget is the process's CPU time (``time.process_time``), so rows
+stay comparable on shared cores; run with ``--threads 1`` and it equals the wall time of an unshared run. On CUDA it
+is wall time. The lr schedule is fitted to the budget as benchmarks/time_to_accuracy.py does:
 after each full epoch the remaining budget is divided by the mean epoch time and the warm-up + cosine schedule is
 stretched over the epochs that fit. CoKe's clustering-initialisation epoch (lr 0) counts against its budget.
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -83,7 +86,7 @@ def parse_args(argv):
         config, _, extra = rest.partition(":")
         if not name or not config:
             p.error(f"--variant {spec!r}: expected NAME=CONFIG:key=value,key=value")
-        rows[name] = (config, [kv for kv in extra.split(",") if kv])
+        rows[name] = (config, [kv for kv in re.split(r",(?=[A-Za-z_][\w.]*=)", extra) if kv])  # [a,b] stays whole
     unknown = [r for r, (config, _) in rows.items() if not (REPO / "configs" / "pretrain" / f"{config}.yaml").is_file()]
     if unknown:
         p.error(f"rows without a config: {unknown}; known rows: {', '.join(ROWS)}")
@@ -110,7 +113,7 @@ def pretrain(row: str, config: str, extra: list[str], seed: int, args, out: Path
     datamodule = PretrainDataModule(cfg.data, cfg.augment)
     datamodule.setup("fit")
     model = method_class(cfg.method.name)(to_plain(cfg), asdict(datamodule.info))
-    budget = TrainingClock(args.minutes, datamodule, precision)
+    budget = TrainingClock(args.minutes, datamodule, precision, cpu_time=args.device == "cpu")
     trainer = pl.Trainer(
         accelerator=args.device, devices=1, precision=precision, max_epochs=10**4, logger=False, callbacks=[budget],
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
@@ -127,8 +130,10 @@ def pretrain(row: str, config: str, extra: list[str], seed: int, args, out: Path
 class TrainingClock(Budget):
     """time_to_accuracy's budget and schedule fitting, without its in-training kNN evaluations."""
 
-    def __init__(self, minutes: float, datamodule, precision: str):
+    def __init__(self, minutes: float, datamodule, precision: str, cpu_time: bool):
         super().__init__(minutes, float("inf"), True, datamodule, precision)
+        if cpu_time:  # shared cores: count the compute this process got, not the wall clock
+            self.clock = time.process_time
 
     def evaluate(self, trainer, pl_module) -> None:
         pass

@@ -171,7 +171,7 @@ p2_stage() {  # NAME CONFIG RUNS_LEFT
 run_stages() {
     stage install "$([[ $SUITE_MODE == gpu ]] && echo 150 || echo "$DRY_STAGE_SECONDS")" bash "$SELF" --install
     if [[ $SUITE_MODE == gpu ]]; then
-        stage cuda-tests 150 "$PY" -m pytest -m cuda tests/test_cuda.py -p no:cacheprovider -q --timeout 120
+        stage cuda-tests 150 "$PY" -m pytest -m cuda tests/test_cuda*.py -p no:cacheprovider -q --timeout 120
         stage p1-assign 90 "$PY" benchmarks/assign.py --rows 4096 --clusters 3000+4000+5000 --dims 128
         stage p3-step 120 "$PY" benchmarks/step.py --methods coke,simclr --reference simclr --backbone resnet18 \
             --batch-size 512 --device cuda --precision bf16-mixed --set model.cifar_stem=true model.channels_last=true
@@ -179,7 +179,7 @@ run_stages() {
             --batch-size 512 --batches 20 --warmup 3
     else
         local cap=$DRY_STAGE_SECONDS
-        stage cuda-tests "$cap" "$PY" -m pytest -m cuda tests/test_cuda.py -p no:cacheprovider -q
+        stage cuda-tests "$cap" "$PY" -m pytest -m cuda tests/test_cuda*.py -p no:cacheprovider -q
         stage p1-assign "$cap" "$PY" benchmarks/assign.py --rows 64 --clusters 3000 --dims 16 --warmup 1 --iters 2
         stage p3-step "$cap" "$PY" benchmarks/step.py --methods coke,simclr --reference simclr --backbone test_resnet \
             --batch-size 8 --steps 2 --warmup 1 --num-images 64 --device cpu --precision 32 --threads 1 \

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -53,32 +54,43 @@ def quick_command() -> str:
 
 
 class CpuCostNotice(pl.Callback):
-    """On the CPU: a notice at the start, then the whole run's estimate from the first ``measure_batches`` timed
-    batches (after a warm-up batch), and a stop (:class:`SlowCpuRun`) if it is over the budget and not allowed."""
+    """On the CPU: a notice at the start, then the whole run's estimate, and a stop (:class:`SlowCpuRun`) if it is
+    over the budget and not allowed.
+
+    The estimate comes from ``measure_batches`` batches after a warm-up batch, or from fewer once ``measure_seconds``
+    have passed (from the first batch alone if it took that long), so a slow machine hears it within a minute or two.
+    """
 
     def __init__(self, allow_slow: bool = False, budget_minutes: float = SLOW_CPU_MINUTES,
-                 max_time_minutes: float = 0.0, measure_batches: int = 5):
+                 max_time_minutes: float = 0.0, measure_batches: int = 5, measure_seconds: float = 30.0):
         self.allow_slow, self.budget_minutes = allow_slow, budget_minutes
-        self.max_time_minutes, self.measure_batches = max_time_minutes, measure_batches
+        self.max_time_minutes = max_time_minutes
+        self.measure_batches, self.measure_seconds = measure_batches, measure_seconds
         self.rate = BatchRate()
         self.active = False
+        self.first_start: float | None = None
 
     def on_train_start(self, trainer, pl_module):
         self.active = isinstance(trainer.accelerator, CPUAccelerator)
         if self.active and trainer.is_global_zero:
-            log.warning("no GPU in use: training on the CPU (%d cores). Timing the first %d batches to estimate the "
-                        "whole run...", available_cores(), self.measure_batches + 1)
+            log.warning("no GPU in use: training on the CPU (%d cores). Timing the first batches to estimate the "
+                        "whole run...", available_cores())
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.active and self.first_start is None:
+            self.first_start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if not self.active:
             return
         self.rate.batch_done(0)
-        epoch_ends = batch_idx + 1 >= trainer.num_training_batches
-        if self.rate.measured < self.measure_batches and not (epoch_ends and self.rate.measured):
+        ready = (self.rate.measured >= self.measure_batches or batch_idx + 1 >= trainer.num_training_batches
+                 or time.perf_counter() - self.first_start >= self.measure_seconds)
+        if not trainer.strategy.broadcast(ready, src=0):  # rank 0's clock decides for every rank
             return
-        self.active = False  # decided once; every rank reaches this batch together
+        self.active = False
         total = run_batches(trainer)
-        pace = self.rate.seconds_per_batch
+        pace = self.rate.seconds_per_batch or time.perf_counter() - self.first_start  # else the first batch alone
         whole = None if total is None else pace * total
         left = None if total is None else pace * (total - batches_done(trainer, batch_idx))
         if self.max_time_minutes:
@@ -86,13 +98,12 @@ class CpuCostNotice(pl.Callback):
         over = left is None or left > self.budget_minutes * 60
         stop = trainer.strategy.broadcast(over and not self.allow_slow, src=0)
         if trainer.is_global_zero:
-            log.warning(self.notice(trainer, whole, over, stop))
+            log.warning(self.notice(trainer, pace, whole, over, stop))
         if stop:
             raise SlowCpuRun(f"stopped: on the CPU this run is over {in_words(self.budget_minutes * 60)} "
                              "and allow_slow_cpu is false")
 
-    def notice(self, trainer, estimate: float | None, over: bool, stop: bool) -> str:
-        pace = self.rate.seconds_per_batch
+    def notice(self, trainer, pace: float, estimate: float | None, over: bool, stop: bool) -> str:
         epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 else "unbounded"
         whole = ("has no end (no max_epochs or max_steps)" if estimate is None
                  else f"would take about {in_words(estimate)}")

@@ -2,7 +2,8 @@
 bf16 + channels_last training steps, and CoKe's state with either kernel. Skipped without CUDA.
 
 `bash benchmarks/gpu_suite.sh` runs them on the GPU machine (`pytest -m cuda tests/test_cuda.py`); its dry run
-checks on the CPU that they collect and skip. Inputs are fresh random draws, outputs are poisoned before a call.
+checks on the CPU that they collect and skip. Kernel inputs are fresh random draws and outputs are poisoned before a
+call; the 50-step CoKe trace is seeded, and checked free of near-ties step by step.
 """
 from __future__ import annotations
 

@@ -98,6 +98,24 @@ def test_bf16_falls_back_to_32_only_when_no_gpu_was_found(monkeypatch, caplog):
     assert fit_precision_to_cpu({"precision": "bf16-mixed"})["precision"] == "bf16-mixed"
 
 
+def test_a_slow_first_batch_is_enough_for_the_estimate(caplog):
+    from pytorch_lightning.accelerators import CPUAccelerator
+
+    trainer = fake_trainer(num_training_batches=97, max_epochs=400, accelerator=CPUAccelerator(), is_global_zero=True,
+                           strategy=SimpleNamespace(broadcast=lambda obj, src=0: obj))
+    for allow_slow in (False, True):
+        notice = cpu_run.CpuCostNotice(allow_slow=allow_slow, budget_minutes=0, measure_seconds=0)
+        notice.on_train_start(trainer, None)
+        notice.on_train_batch_start(trainer, None, None, 0)
+        if allow_slow:
+            notice.on_train_batch_end(trainer, None, None, None, 0)
+        else:
+            with pytest.raises(cpu_run.SlowCpuRun):
+                notice.on_train_batch_end(trainer, None, None, None, 0)
+        assert not notice.active  # decided after the first batch, not after 1 + measure_batches
+    assert "Continuing, because allow_slow_cpu=true" in notice_lines(caplog)
+
+
 def notice_lines(caplog) -> str:
     return "\n".join(r.getMessage() for r in caplog.records if r.name == "lightning_modules.cpu_run")
 

@@ -18,9 +18,10 @@ DRY_RUN_STATUS = {
 
 
 def stage_table(summary: str) -> dict[str, str]:
-    """stage -> status, from the summary's table."""
-    rows = [line.split("|")[1:3] for line in summary.splitlines() if line.startswith("| ") and "---" not in line]
-    return {name.strip(): status.strip() for name, status in rows if name.strip() != "stage"}
+    """stage -> status, from the summary's first table (the stages'; the benchmarks' tables come after it)."""
+    table = summary.split("| stage | status |", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split("|")[1:3] for line in table.splitlines()[2:]]
+    return {name.strip(): status.strip() for name, status in rows}
 
 
 def test_prepare_fills_the_carried_folder_and_prints_the_device_call(tmp_path, cifar10_tar):

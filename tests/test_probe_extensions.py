@@ -113,6 +113,7 @@ def test_fewshot_curve_rises_with_labels_on_separable_features():
     fine = {r["params"]["shots"]: r for r in rows if r["level"] == "fine"}
     assert list(fine) == [1, 5, 20, "all"] and {r["level"] for r in rows} == {"fine", "coarse"}
     assert fine[1]["params"]["train_images"] == 6 and fine["all"]["params"]["train_images"] == 360
+    assert fine["all"]["params"]["classes"] == 6
     assert len(fine[1]["params"]["per_seed"]) == 3 and fine[1]["params"]["std"] > 0
     curve = [fine[n]["value"] for n in (1, 5, 20, "all")]
     assert all(later >= earlier - 0.03 for earlier, later in zip(curve, curve[1:])), curve

@@ -41,7 +41,7 @@ def _user_project(tmp_path, checkpoint_bytes: bytes):
     return project
 
 
-def _untouched(project, tmp_path):
+def _untouched(project):
     assert (project / "config.yaml").read_text() == USER_CONFIG
     assert sorted(p.name for p in project.iterdir()) == ["config.yaml", "models"]
     assert sorted(p.name for p in (project / "models").iterdir()) == ["model.ckpt"]
@@ -65,7 +65,7 @@ def test_a_bad_resume_checkpoint_stops_before_any_write_or_data_loading(trained,
     assert status == 2 and str(ckpt) in err and "Traceback" not in err, err
     assert {"truncated": "truncated or damaged", "not-a-checkpoint": "not a PyTorch checkpoint",
             "pickled-code": "nothing in it was executed", "missing": "no such file"}[damage] in err
-    _untouched(project, tmp_path)
+    _untouched(project)
     assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()  # no run dir, no data read
     assert not marker.exists()
 
@@ -83,7 +83,7 @@ def test_resume_from_a_checkpoint_outside_a_run_directory_starts_a_new_one(train
     tree = shutil.copytree(trained[0] / "tree", tmp_path / "tree")
     args = train_args(tree, tmp_path, f"resume={project / 'models' / 'model.ckpt'}", "trainer.max_epochs=3")
     assert run_cli(train.main, args) == 0
-    _untouched(project, tmp_path)
+    _untouched(project)
     [run_dir] = run_dirs(tmp_path)
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 6  # continued from step 4: the checkpoint's training state was used

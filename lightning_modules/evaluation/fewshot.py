@@ -61,6 +61,7 @@ def run_fewshot(train: FeatureSet, test: FeatureSet, levels: list[str], num_clas
                 "fewshot", level, "top1", statistics.fmean(values), "test",
                 shots=shots if shots > 0 else "all", std=statistics.stdev(values) if len(values) > 1 else 0.0,
                 per_seed=values, seeds=[int(s) for s in cfg.seeds], train_images=runs[0][1],
+                classes=int(labels.unique().numel()),
                 lr=cfg.lr, weight_decay=cfg.weight_decay, epochs=cfg.epochs, optimizer=cfg.optimizer,
                 standardized="whole train split",
             ))

@@ -25,10 +25,9 @@ def fewshot_plot(rows: list[dict], path: Path, title: str = "") -> Optional[Path
     fig, ax = plt.subplots(figsize=(6, 4))
     for level in dict.fromkeys(r["level"] for r in rows):
         points = [r for r in rows if r["level"] == level]
-        # "all" sits at its real per-class count: the labelled images over the classes of the 1-shot row
-        classes = next((r["params"]["train_images"] for r in points if r["params"]["shots"] == 1), None)
+        # "all" sits at its real per-class count
         xs = [r["params"]["shots"] if r["params"]["shots"] != "all"
-              else r["params"]["train_images"] / (classes or 1) for r in points]
+              else r["params"]["train_images"] / r["params"]["classes"] for r in points]
         ax.errorbar(xs, [100 * r["value"] for r in points], yerr=[100 * r["params"]["std"] for r in points],
                     marker="o", capsize=3, label=level)
     ax.set_xscale("log")

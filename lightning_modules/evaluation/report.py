@@ -24,7 +24,7 @@ report.json, schema_version 1::
                     val_top1, train_images; knn: k, temperature, similarity, bank, bank_images;
                     retrieval: k, similarity, leave_one_out; clustering: source ("kmeans"|"coke"), k, iterations,
                     init, head; sea: as linear plus eta, alpha, temperature; fewshot: shots (int or "all"),
-                    seeds, per_seed, std, train_images, lr, weight_decay, epochs (value = mean over seeds);
+                    seeds, per_seed, std, train_images, classes, lr, weight_decay, epochs (value = mean over seeds);
                     diagnostics: images, dim, and per metric t / positives / within, across}},
         ...],
       "figures": {"fewshot": "fewshot.png", "map": "map.png"} (files beside report.json; those drawn),
