@@ -11,7 +11,7 @@ import logging
 import math
 from contextlib import contextmanager
 from itertools import product
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pytorch_lightning as pl
 import torch
@@ -117,20 +117,29 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
     return torch.nonzero(keep).flatten(), val
 
 
+def best_on_validation(grid: list[dict], fit: Callable, features: torch.Tensor, labels: torch.Tensor,
+                       val_fraction: float, seed: int, no_split_message: str) -> tuple[dict, Optional[float]]:
+    """The grid setting whose probe (``fit(features, labels, grid)``: one probe per setting) has the best top-1 on a
+    stratified validation split of train, and that top-1 (None when the grid has one setting: no search)."""
+    if len(grid) == 1:
+        return grid[0], None
+    if val_fraction <= 0:
+        raise ValueError(no_split_message)
+    fit_rows, val_rows = stratified_split(labels, val_fraction, seed)
+    probe = fit(features[fit_rows], labels[fit_rows], grid)
+    val_top1 = (probe_scores(probe, features[val_rows]).argmax(-1) == labels[val_rows]).float().mean(dim=1)
+    best = int(val_top1.argmax())
+    return grid[best], float(val_top1[best])
+
+
 def choose_setting(features: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: Any, val_fraction: float,
                    seed: int, accelerator: str) -> tuple[dict, Optional[float]]:
     """The (lr, weight decay) pair with the best validation top-1, and that top-1 (None without a search)."""
     grid = [{"lr": lr, "weight_decay": wd} for lr, wd in product(cfg.lrs, cfg.weight_decays)]
-    if len(grid) == 1:
-        return grid[0], None
-    if val_fraction <= 0:
-        raise ValueError("the linear probe picks lr and weight decay on a validation split of train: set data.val_fraction "
-                         "> 0, or give a single linear.lrs and linear.weight_decays")
-    fit_rows, val_rows = stratified_split(labels, val_fraction, seed)
-    probe = fit_probe(features[fit_rows], labels[fit_rows], num_classes, grid, cfg, seed, accelerator)
-    val_top1 = (probe_scores(probe, features[val_rows]).argmax(-1) == labels[val_rows]).float().mean(dim=1)
-    best = int(val_top1.argmax())
-    return grid[best], float(val_top1[best])
+    return best_on_validation(
+        grid, lambda x, y, g: fit_probe(x, y, num_classes, g, cfg, seed, accelerator), features, labels, val_fraction,
+        seed, "the linear probe picks lr and weight decay on a validation split of train: set data.val_fraction > 0, "
+        "or give a single linear.lrs and linear.weight_decays")
 
 
 def run_linear(train: FeatureSet, test: FeatureSet, levels: list[str], num_classes: dict[str, int],

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_modules.evaluation.features import FeatureSet
-from lightning_modules.evaluation.linear_probe import LinearProbe, probe_scores, stratified_split, train_probe
+from lightning_modules.evaluation.linear_probe import LinearProbe, best_on_validation, probe_scores, train_probe
 from lightning_modules.evaluation.report import score_rows
 from ops.sea import sea_augment
 
@@ -71,16 +71,10 @@ def choose_sea_setting(features: torch.Tensor, labels: torch.Tensor, num_classes
                        seed: int, accelerator: str) -> tuple[dict, Optional[float]]:
     """The (lr, eta) pair with the best validation top-1, and that top-1 (None without a search)."""
     grid = [{"lr": lr, "eta": eta, "weight_decay": cfg.weight_decay} for lr, eta in product(cfg.lrs, cfg.etas)]
-    if len(grid) == 1:
-        return grid[0], None
-    if val_fraction <= 0:
-        raise ValueError("the SeA probe picks lr and eta on a validation split of train: set data.val_fraction > 0, "
-                         "or give a single sea.lrs and sea.etas")
-    fit_rows, val_rows = stratified_split(labels, val_fraction, seed)
-    probe = fit_sea(features[fit_rows], labels[fit_rows], num_classes, grid, cfg, seed, accelerator)
-    val_top1 = (probe_scores(probe, features[val_rows]).argmax(-1) == labels[val_rows]).float().mean(dim=1)
-    best = int(val_top1.argmax())
-    return grid[best], float(val_top1[best])
+    return best_on_validation(
+        grid, lambda x, y, g: fit_sea(x, y, num_classes, g, cfg, seed, accelerator), features, labels, val_fraction,
+        seed, "the SeA probe picks lr and eta on a validation split of train: set data.val_fraction > 0, or give a "
+        "single sea.lrs and sea.etas")
 
 
 def run_sea(train: FeatureSet, test: FeatureSet, levels: list[str], num_classes: dict[str, int],
