@@ -26,7 +26,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "augment.small_min_scale": (1e-6, 1, "a fraction of the image area"),
     "augment.small_max_scale": (1e-6, 1, "a fraction of the image area"),
     "augment.eval_resize": (1, INF, "pixels"),
-    "optim.lr": (1e-12, INF, "a positive learning rate"),
+    "optim.lr": (0, INF, "a non-negative learning rate (0 keeps the backbone at its initialisation)"),
     "optim.probe_lr": (1e-12, INF, "a positive learning rate"),
     "optim.weight_decay": (0, INF, "a non-negative decay"),
     "optim.momentum": (0, 1, "a momentum in [0, 1]"),
