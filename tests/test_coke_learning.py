@@ -1,5 +1,6 @@
 """One-view CoKe learns on real CIFAR-10: the loss falls under the size bound with its dashboard logged, and a
-short fit beats a random-init backbone on the online fine probe."""
+short fit does not fall behind a random-init backbone on the online fine probe (at this budget it does not reliably
+beat it: see the margins below)."""
 import pytest
 import torch
 
@@ -48,7 +49,7 @@ def test_one_view_fit_learns_keeps_the_bound_and_logs_the_dashboard(tmp_path, ci
     assert (state["counters"] == 0).all()  # reset at every epoch end
 
 
-def test_one_view_fit_beats_a_random_init_backbone_on_the_online_fine_probe(tmp_path, cifar10_tar, cache_dir):
+def test_one_view_fit_stays_level_with_or_above_a_random_init_backbone_on_the_online_fine_probe(tmp_path, cifar10_tar, cache_dir):
     """Same data, probe, schedule and seed; the baseline run has lr 0 for everything but the probe, so its
     backbone stays at random init (only BN statistics move)."""
     common = ("data.subset=250", "data.eval_subset=500", "method.num_clusters=[50,100]", "trainer.max_epochs=25",
@@ -60,7 +61,9 @@ def test_one_view_fit_beats_a_random_init_backbone_on_the_online_fine_probe(tmp_
     trained = fine_acc("coke")
     random_init = fine_acc("random", "optim.lr=0.0")
     print(f"online fine acc: CoKe {trained:.3f}, random init {random_init:.3f}")
-    # Measured on cpu2 with 5,000 test images (one standard error of the difference ~0.9 points): seed 0 0.310 vs
-    # 0.283, seed 1 0.296 vs 0.277. One-view CoKe learns slowly at this budget (~90% of the labels still change
-    # every epoch); after 8 epochs it does not beat random init at all.
-    assert trained > random_init + 0.01, (trained, random_init)
+    print(f"MEASURED coke_online_gain_over_random={trained - random_init:.4f}")
+    # Measured on cpu2 (benchmarks/RESULTS.md, "CoKe at small budgets"), COKE_TEST_SEED 0-4, in points:
+    # +1.8, +2.7, +3.1, +1.7, +0.1. The worst seed is level with random init, so at this budget the test cannot
+    # assert a gain without failing by luck: it guards against a regression (a collapse or a broken update
+    # falls far below random init, e.g. 11.6% without the predictor) with a margin of 1.6 points under the worst seed.
+    assert trained > random_init - 0.015, (trained, random_init)
