@@ -104,7 +104,7 @@ def shared_overrides(args) -> list[str]:
     return out
 
 
-def pretrain(row: str, config: str, extra: list[str], seed: int, args, out: Path) -> dict:
+def pretrain(config: str, extra: list[str], seed: int, args, out: Path) -> dict:
     """Train one row for the budget; save its checkpoint; return its timing."""
     cfg = load_config(REPO / "configs" / "pretrain" / f"{config}.yaml",
                       [*shared_overrides(args), *extra, *args.overrides, f"seed={seed}"], method_schemas())
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             row_out = out / f"{row}-seed{seed}"
             started = time.perf_counter()
             try:
-                timing = pretrain(row, config, extra, seed, args, row_out)
+                timing = pretrain(config, extra, seed, args, row_out)
                 values = score(str(timing["ckpt"]), row_out, args)
             except Exception:  # one failed row must not lose the others
                 traceback.print_exc()

@@ -46,6 +46,11 @@ class CoKeConfig(MethodConfig):
     center_carry: float = 0.0  # fraction of each cluster's members kept across epochs (0: the paper's reset)
 
 
+# The options that name a rule, and their values (the first is the default).
+CHOICES = {"stage2_rule": ("faithful", "legacy"), "view_loss": ("faithful", "legacy"),
+           "assign_on": ("view", "clean"), "target": ("previous_epoch", "current")}
+
+
 class CoKe(PretrainModule):
     Config = CoKeConfig
 
@@ -58,9 +63,9 @@ class CoKe(PretrainModule):
         dim = self.cfg.model.proj_output_dim
         self.projection = self.projector(dim, last_bn=True)
         self.prediction = self.predictor(dim) if self.cfg.model.pred_hidden_dim else None
-        for option in ("stage2_rule", "view_loss"):
-            if getattr(m, option) not in ("faithful", "legacy"):
-                raise ValueError(f"method.{option} must be 'faithful' or 'legacy', got {getattr(m, option)!r}")
+        for option, choices in CHOICES.items():
+            if getattr(m, option) not in choices:
+                raise ValueError(f"method.{option} must be one of {', '.join(choices)}, got {getattr(m, option)!r}")
         coarse = m.coarse_weight > 0
         if coarse and not data_info["num_coarse"]:
             raise ValueError("method.coarse_weight > 0 needs superclass labels: use a data set with a hierarchy")
@@ -71,9 +76,6 @@ class CoKe(PretrainModule):
             superclass_sizes=data_info.get("superclass_sizes") if coarse else None, center_carry=m.center_carry,
         )
         self.coarse_head = torch.nn.Linear(dim, data_info["num_coarse"]) if coarse else None
-        if m.assign_on not in ("view", "clean") or m.target not in ("previous_epoch", "current"):
-            raise ValueError(f"method.assign_on must be view|clean and method.target previous_epoch|current, "
-                             f"got {m.assign_on!r} and {m.target!r}")
         if m.assign_on == "clean" and not self.cfg.augment.clean_view:
             raise ValueError("method.assign_on=clean needs the un-augmented image: set augment.clean_view=true")
         # Labels of every training instance, filled as batches pass: for the NMI dashboard only.
