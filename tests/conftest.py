@@ -11,6 +11,10 @@ import pytest
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `-n 2` on 2 cores: one intra-op thread per worker (and in the processes it starts), or they oversubscribe.
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = "1"
 
 from configs.schema import default_data_root  # noqa: E402
 

@@ -26,6 +26,9 @@ import torch.nn.functional as F
 
 from test_gather_ddp import SPAWN_TIMEOUT_S, WORLD, _free_port
 
+# Multi-process tests share one xdist worker (`--dist loadgroup`): never two process groups at once on 2 cores.
+pytestmark = pytest.mark.xdist_group("multiprocess")
+
 REPO = Path(__file__).resolve().parent.parent
 ONE_VIEW = str(REPO / "configs" / "pretrain" / "coke_cifar10.yaml")
 NUM_TRAIN, DIM, GLOBAL_BATCH, EPOCHS = 30, 8, 12, 3

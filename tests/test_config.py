@@ -1,6 +1,4 @@
 """Config errors name the key and the closest valid one; the command line exits non-zero before any work."""
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -53,19 +51,24 @@ def test_data_root_follows_environment(monkeypatch, tmp_path):
     assert load_config(None).data.root == str(tmp_path)
 
 
-def _train(*args):
-    return subprocess.run([sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+def _train(capsys, *args):
+    """train.py's command line in this process (a subprocess would spend its time importing torch): (status, out)."""
+    import train
+    from lightning_modules.cli_errors import run_cli
+
+    status = run_cli(train.main, [str(REPO / args[0]), *args[1:]])
+    return status, capsys.readouterr()
 
 
-def test_cli_typo_exits_nonzero_before_work():
-    out = _train("configs/pretrain/quick.yaml", "optim.lrr=1")
-    assert out.returncode == 2
-    assert "optim.lrr" in out.stderr and "optim.lr" in out.stderr
-    out = _train("configs/pretrain/quick.yaml", "trainer.max_epoch=3")
-    assert out.returncode == 2 and "trainer.max_epochs" in out.stderr
+def test_cli_typo_exits_nonzero_before_work(capsys):
+    status, out = _train(capsys, "configs/pretrain/quick.yaml", "optim.lrr=1")
+    assert status == 2
+    assert "optim.lrr" in out.err and "optim.lr" in out.err
+    status, out = _train(capsys, "configs/pretrain/quick.yaml", "trainer.max_epoch=3")
+    assert status == 2 and "trainer.max_epochs" in out.err
 
 
-def test_cli_print_config_shows_resolved_values():
-    out = _train("configs/pretrain/quick.yaml", "optim.lr=0.7", "--print-config")
-    assert out.returncode == 0, out.stderr
-    assert "lr: 0.7" in out.stdout and "backbone: resnet10t" in out.stdout and "root:" in out.stdout
+def test_cli_print_config_shows_resolved_values(capsys):
+    status, out = _train(capsys, "configs/pretrain/quick.yaml", "optim.lr=0.7", "--print-config")
+    assert status == 0, out.err
+    assert "lr: 0.7" in out.out and "backbone: resnet10t" in out.out and "root:" in out.out

@@ -27,10 +27,13 @@ from ops.distributed import all_reduce_sum, gather_no_grad, rank, world_size
 from ops.sinkhorn import sinkhorn
 from ops.supervised import supcon_loss
 
+# Multi-process tests share one xdist worker (`--dist loadgroup`): never two process groups at once on 2 cores.
+pytestmark = pytest.mark.xdist_group("multiprocess")
+
 WORLD = 2
 BATCH = 6  # global; 3 rows per rank
 IN_DIM, OUT_DIM, CLUSTERS = 5, 4, 7
-SPAWN_TIMEOUT_S = 60
+SPAWN_TIMEOUT_S = 180  # a hang guard: spawned processes import torch, slow beside a second pytest worker
 
 
 def make_inputs(seed: int = 0) -> dict[str, torch.Tensor]:

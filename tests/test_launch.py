@@ -14,6 +14,9 @@ from lightning_modules.registry import method_schemas
 from lightning_modules.runs import build_trainer
 from training_utils import TINY, metrics
 
+# Multi-process tests share one xdist worker (`--dist loadgroup`): never two process groups at once on 2 cores.
+pytestmark = pytest.mark.xdist_group("multiprocess")
+
 REPO = Path(__file__).resolve().parents[1]
 QUICK = "configs/pretrain/quick.yaml"
 SLURM_VARS = ("SLURM_", "TORCHELASTIC_", "RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK", "LOCAL_WORLD_SIZE",
