@@ -68,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as err:
         print(f"data error: {err}", file=sys.stderr)
         return 1
-    model = method_class(cfg.method.name)(to_plain(cfg), asdict(datamodule.info))
+    try:
+        model = method_class(cfg.method.name)(to_plain(cfg), asdict(datamodule.info))
+    except ValueError as err:  # a method refusing a combination of settings, e.g. method.assign_on=clean alone
+        raise ConfigError(str(err)) from err
     run_dir = prepare_run_dir(cfg, run_name, resume)
     trainer = build_trainer(cfg, run_dir, run_name, resume.global_step if resume else None)
     try:

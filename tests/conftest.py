@@ -58,7 +58,13 @@ def cifar100_fragment(data_root) -> Path:
 def cache_dir(tmp_path_factory) -> Path:
     """One decode cache per test session (the first CIFAR-10 decode takes a few seconds)."""
     shared = os.environ.get("COKE_TEST_CACHE")
-    return Path(shared) if shared else tmp_path_factory.mktemp("decode-cache")
+    if shared:
+        return Path(shared)
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # one cache for all workers (the cache writes files atomically)
+        path = tmp_path_factory.getbasetemp().parent / "decode-cache"
+        path.mkdir(exist_ok=True)
+        return path
+    return tmp_path_factory.mktemp("decode-cache")
 
 
 @pytest.fixture(scope="session")

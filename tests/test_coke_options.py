@@ -80,3 +80,11 @@ def test_assign_on_clean_without_the_clean_view_is_a_clear_error(cifar10_tar, ca
 
     with pytest.raises(ValueError, match="augment.clean_view=true"):
         build(ONE_VIEW, cifar10_tar, cache_dir, "method.assign_on=clean")
+
+
+def test_assign_on_clean_with_two_views_is_a_clear_error(cifar10_tar, cache_dir):
+    from test_coke_module import ONE_VIEW, build
+
+    with pytest.raises(ValueError, match="one-view option"):
+        build(ONE_VIEW, cifar10_tar, cache_dir, "augment.clean_view=true", "method.assign_on=clean",
+              "augment.num_large_crops=2")
