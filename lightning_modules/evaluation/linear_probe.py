@@ -132,29 +132,32 @@ def best_on_validation(grid: list[dict], fit: Callable, features: torch.Tensor, 
     return grid[best], float(val_top1[best])
 
 
-def choose_setting(features: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: Any, val_fraction: float,
-                   seed: int, accelerator: str) -> tuple[dict, Optional[float]]:
-    """The (lr, weight decay) pair with the best validation top-1, and that top-1 (None without a search)."""
-    grid = [{"lr": lr, "weight_decay": wd} for lr, wd in product(cfg.lrs, cfg.weight_decays)]
-    return best_on_validation(
-        grid, lambda x, y, g: fit_probe(x, y, num_classes, g, cfg, seed, accelerator), features, labels, val_fraction,
-        seed, "the linear probe picks lr and weight decay on a validation split of train: set data.val_fraction > 0, "
-        "or give a single linear.lrs and linear.weight_decays")
+def probe_rows(protocol: str, train: FeatureSet, test: FeatureSet, levels: list[str], num_classes: dict[str, int],
+               fine_to_coarse: Optional[torch.Tensor], grid: list[dict], fit: Callable, val_fraction: float, seed: int,
+               hint: str, **params: Any) -> list[dict]:
+    """Per level: pick a setting of `grid` on a validation split of train, refit on all of train with it, score on
+    test. `fit(features, labels, num_classes, settings)` trains one probe per setting."""
+    rows = []
+    for level in levels:
+        known_train, known_test = train.labels(level) >= 0, test.labels(level) >= 0
+        features, labels = train.features[known_train], train.labels(level)[known_train]
+        fit_level = lambda x, y, settings: fit(x, y, num_classes[level], settings)  # noqa: E731
+        setting, val_top1 = best_on_validation(grid, fit_level, features, labels, val_fraction, seed, hint)
+        scores = probe_scores(fit_level(features, labels, [setting]), test.features[known_test])[0]
+        rows += score_rows(protocol, level, scores, test.labels(level)[known_test], fine_to_coarse,
+                           val_fraction=val_fraction, val_top1=val_top1, train_images=int(labels.numel()),
+                           **params, **setting)
+    return rows
 
 
 def run_linear(train: FeatureSet, test: FeatureSet, levels: list[str], num_classes: dict[str, int],
                fine_to_coarse: Optional[torch.Tensor], cfg: Any, val_fraction: float, seed: int = 0,
                accelerator: str = "auto") -> list[dict]:
     """Result rows: top-1 (and top-5) per level on test, plus fine accuracy within the true superclass."""
-    rows = []
-    for level in levels:
-        known_train, known_test = train.labels(level) >= 0, test.labels(level) >= 0
-        features, labels = train.features[known_train], train.labels(level)[known_train]
-        setting, val_top1 = choose_setting(features, labels, num_classes[level], cfg, val_fraction, seed, accelerator)
-        probe = fit_probe(features, labels, num_classes[level], [setting], cfg, seed, accelerator)
-        scores = probe_scores(probe, test.features[known_test])[0]
-        test_labels = test.labels(level)[known_test]
-        params = dict(optimizer=cfg.optimizer, epochs=cfg.epochs, batch_size=cfg.batch_size, val_fraction=val_fraction,
-                      val_top1=val_top1, train_images=int(labels.numel()), standardized=True, **setting)
-        rows += score_rows("offline-linear", level, scores, test_labels, fine_to_coarse, **params)
-    return rows
+    grid = [{"lr": lr, "weight_decay": wd} for lr, wd in product(cfg.lrs, cfg.weight_decays)]
+    return probe_rows(
+        "offline-linear", train, test, levels, num_classes, fine_to_coarse, grid,
+        lambda x, y, k, settings: fit_probe(x, y, k, settings, cfg, seed, accelerator), val_fraction, seed,
+        "the linear probe picks lr and weight decay on a validation split of train: set data.val_fraction > 0, "
+        "or give a single linear.lrs and linear.weight_decays",
+        optimizer=cfg.optimizer, epochs=cfg.epochs, batch_size=cfg.batch_size, standardized=True)

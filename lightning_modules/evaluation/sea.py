@@ -20,8 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_modules.evaluation.features import FeatureSet
-from lightning_modules.evaluation.linear_probe import LinearProbe, best_on_validation, probe_scores, train_probe
-from lightning_modules.evaluation.report import score_rows
+from lightning_modules.evaluation.linear_probe import LinearProbe, probe_rows, train_probe
 from ops.sea import sea_augment
 
 
@@ -67,29 +66,15 @@ def fit_sea(features: torch.Tensor, labels: torch.Tensor, num_classes: int, sett
     return train_probe(probe, features, labels, cfg.epochs, cfg.batch_size, seed, accelerator)
 
 
-def choose_sea_setting(features: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: Any, val_fraction: float,
-                       seed: int, accelerator: str) -> tuple[dict, Optional[float]]:
-    """The (lr, eta) pair with the best validation top-1, and that top-1 (None without a search)."""
-    grid = [{"lr": lr, "eta": eta, "weight_decay": cfg.weight_decay} for lr, eta in product(cfg.lrs, cfg.etas)]
-    return best_on_validation(
-        grid, lambda x, y, g: fit_sea(x, y, num_classes, g, cfg, seed, accelerator), features, labels, val_fraction,
-        seed, "the SeA probe picks lr and eta on a validation split of train: set data.val_fraction > 0, or give a "
-        "single sea.lrs and sea.etas")
-
-
 def run_sea(train: FeatureSet, test: FeatureSet, levels: list[str], num_classes: dict[str, int],
             fine_to_coarse: Optional[torch.Tensor], cfg: Any, val_fraction: float, seed: int = 0,
             accelerator: str = "auto") -> list[dict]:
     """Result rows of protocol ``sea``: top-1 (and top-5) per level on test, plus fine within the true superclass."""
-    rows = []
-    for level in levels:
-        known_train, known_test = train.labels(level) >= 0, test.labels(level) >= 0
-        features, labels = train.features[known_train], train.labels(level)[known_train]
-        setting, val_top1 = choose_sea_setting(features, labels, num_classes[level], cfg, val_fraction, seed, accelerator)
-        probe = fit_sea(features, labels, num_classes[level], [setting], cfg, seed, accelerator)
-        scores = probe_scores(probe, test.features[known_test])[0]
-        params = dict(optimizer="sgd", epochs=cfg.epochs, batch_size=cfg.batch_size, alpha=cfg.alpha,
-                      temperature=cfg.temperature, val_fraction=val_fraction, val_top1=val_top1,
-                      train_images=int(labels.numel()), normalized="l2", **setting)
-        rows += score_rows("sea", level, scores, test.labels(level)[known_test], fine_to_coarse, **params)
-    return rows
+    grid = [{"lr": lr, "eta": eta, "weight_decay": cfg.weight_decay} for lr, eta in product(cfg.lrs, cfg.etas)]
+    return probe_rows(
+        "sea", train, test, levels, num_classes, fine_to_coarse, grid,
+        lambda x, y, k, settings: fit_sea(x, y, k, settings, cfg, seed, accelerator), val_fraction, seed,
+        "the SeA probe picks lr and eta on a validation split of train: set data.val_fraction > 0, or give a "
+        "single sea.lrs and sea.etas",
+        optimizer="sgd", epochs=cfg.epochs, batch_size=cfg.batch_size, alpha=cfg.alpha, temperature=cfg.temperature,
+        normalized="l2")
