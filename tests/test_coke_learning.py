@@ -1,6 +1,9 @@
 """One-view CoKe learns on real CIFAR-10: the loss falls under the size bound with its dashboard logged, and a
 short fit does not fall behind a random-init backbone on the online fine probe (at this budget it does not reliably
 beat it: see the margins below)."""
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -8,6 +11,14 @@ from test_coke_module import ONE_VIEW, clustering_state, last_checkpoint
 from training_utils import metrics, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+
+
+def load_benchmark(name: str):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_one_view_fit_learns_keeps_the_bound_and_logs_the_dashboard(tmp_path, cifar10_tar, cache_dir):
@@ -40,6 +51,16 @@ def test_one_view_fit_learns_keeps_the_bound_and_logs_the_dashboard(tmp_path, ci
     for level in ("fine", "coarse"):
         assert len(m[f"coke/nmi_{level}"]) == 4 and all(0 <= v <= 1 for v in m[f"coke/nmi_{level}"])
     assert m["coke/nmi_fine"][-1] > 0.01
+
+    # benchmarks/coke_churn.py reads the run: fractions of disagreeing labels, per head, with and without duals.
+    churn = load_benchmark("coke_churn")
+    rows = churn.churn_table(*churn.load_run(run_dir / "checkpoints" / "last.ckpt", images=200), seed=0)
+    assert [(r["head"], r["K"], r["duals"]) for r in rows] == [(0, 16, "with"), (0, 16, "without"),
+                                                                (1, 32, "with"), (1, 32, "without")]
+    for row in rows:
+        assert all(0 <= row[key] <= 1 for key in ("aug vs aug", "clean vs aug", "stored vs aug", "NMI clean/fine"))
+        assert row["margin"] >= 0 and row["dual max"] >= row["dual mean"] >= 0 and 1 <= row["clusters used"] <= row["K"]
+    assert rows[0]["duals"] == "with" and rows[1]["dual mean"] == rows[0]["dual mean"]
 
     state = clustering_state(last_checkpoint(run_dir))
     assert state["epoch"].item() == 4
