@@ -34,7 +34,8 @@ def test_one_view_fit_learns_keeps_the_bound_and_logs_the_dashboard(tmp_path, ci
     print(f"MEASURED coke_tiny_loss_drop={first - last:.4f} coke_tiny_fine={m['online/fine_acc1'][-1]:.4f} "
           f"coke_tiny_nmi_fine={m['coke/nmi_fine'][-1]:.4f}")
     assert last < first - 0.1, (first, last)
-    assert m["online/fine_acc1"][-1] > 0.15  # chance is 0.1 on 10 balanced classes
+    # Chance is 0.1. COKE_TEST_SEED 0-4 (RESULTS.md): fine 0.154 to 0.216, loss drop 0.278 to 0.491, NMI 0.054 to 0.077.
+    assert m["online/fine_acc1"][-1] > 0.13
 
     seen = steps * 64
     for head, k in enumerate([16, 32]):

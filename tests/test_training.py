@@ -21,7 +21,9 @@ def test_simclr_fit_learns_and_probe_beats_chance(tmp_path, cifar10_tar, cache_d
     print(f"MEASURED simclr_loss_drop={first - last:.4f} simclr_fine={m['online/fine_acc1'][-1]:.4f} "
           f"simclr_coarse={m['online/coarse_acc1'][-1]:.4f}")
     assert last < first - 0.1, (first, last)
-    assert m["online/fine_acc1"][-1] > 0.2  # chance is 0.1 on 10 balanced classes
+    # Chance is 0.1 on 10 balanced classes. COKE_TEST_SEED 0-4 (benchmarks/test_margins.py, RESULTS.md): fine 0.222 to
+    # 0.272, coarse 0.720 to 0.784, loss drop 0.318 to 0.451; each threshold sits ~0.04 or more under the worst seed.
+    assert m["online/fine_acc1"][-1] > 0.18
     assert m["online/coarse_acc1"][-1] > 0.6  # 0.6 by always answering "animals"
     assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert list((run_dir / "views").glob("*.png"))
