@@ -275,7 +275,7 @@ def test_ddp_spawn_fit_keeps_ranks_identical_and_label_memory_consistent(tmp_pat
     env = dict(os.environ)
     env.update(PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, str(tmp_path / "driver.py"), str(out), *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=900)  # a hang guard; ~80 s on idle cores
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
     ckpt_path = next((tmp_path / "runs" / "ddp").glob("*/checkpoints/last.ckpt"))
