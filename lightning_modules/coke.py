@@ -34,8 +34,8 @@ class CoKeConfig(MethodConfig):
     stage2_rule: str = "faithful"
     # Two views (+ small crops). faithful: the official loss, predictor AND projection logits, teachers from the
     # projection softmax, 0.5/(2H) scale, small crops weighted 1 − large_crop_weight. legacy: predictor logits only,
-    # teachers from the predictor softmax, every view weighted equally. legacy is the default because it learned
-    # and faithful did not at the budgets measured (benchmarks/RESULTS.md); faithful is the one checked against
+    # teachers from the predictor softmax, every view weighted equally. legacy is the default because it did clearly
+    # better than faithful at the budgets measured (benchmarks/RESULTS.md); faithful is the one checked against
     # the official code.
     view_loss: str = "legacy"
     large_crop_weight: float = 0.5  # view_loss=faithful with small crops: β of the large crops' loss
