@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from data_utils import write_cifar100_pickles
 from ops.coke_state import partition_clusters
 from ops.supervised import coins_loss, supervised_ce
-from training_utils import metrics, run
+from training_utils import load_benchmark, metrics, run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "pretrain"
@@ -170,11 +170,7 @@ def test_cifar100_fragment_runs_unchanged(config, tmp_path, cifar10_tar, cifar10
 
 @pytest.mark.slow
 def test_benchmark_runs_on_cifar100_fragment(tmp_path, cifar100_fragment, cache_dir):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("coarse_to_fine", CONFIGS.parent.parent / "benchmarks" / "coarse_to_fine.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("coarse_to_fine")
     folder = write_cifar100_pickles(cifar100_fragment, tmp_path / "cifar-100-python")
     out = tmp_path / "bench"
     code = bench.main([

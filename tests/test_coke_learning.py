@@ -1,24 +1,13 @@
 """One-view CoKe learns on real CIFAR-10: the loss falls under the size bound with its dashboard logged, and a
 short fit does not fall behind a random-init backbone on the online fine probe (at this budget it does not reliably
 beat it: see the margins below)."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 from test_coke_module import ONE_VIEW, clustering_state, last_checkpoint
-from training_utils import metrics, run
+from training_utils import load_benchmark, metrics, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
-
-
-def load_benchmark(name: str):
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_one_view_fit_learns_keeps_the_bound_and_logs_the_dashboard(tmp_path, cifar10_tar, cache_dir):
