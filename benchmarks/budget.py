@@ -135,7 +135,7 @@ class TrainingClock(Budget):
         if cpu_time:  # shared cores: count the compute this process got, not the wall clock
             self.clock = time.process_time
 
-    def evaluate(self, trainer, pl_module) -> None:
+    def evaluate(self, trainer, pl_module, epoch=None) -> None:
         pass
 
 

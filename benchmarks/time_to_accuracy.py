@@ -10,7 +10,8 @@ Goal on one H100: >= 85% kNN top-1 within 10 minutes of training (issue 10).
 - The budget counts training time only; the kNN evaluations pause the clock (the wall column includes them).
 - --epochs 0 fits the schedule to the budget: epoch 0 (CoKe's clustering initialisation at lr 0, a full
   forward/backward epoch) is timed, and the warm-up + cosine schedule is stretched over the epochs that fit.
-- kNN: frozen backbone features of the training images (bank) and the test images (queries), centre view,
+- kNN: before training (row "init": the random-init backbone, the reference) and during it. Frozen backbone
+  features of the training images (bank) and the test images (queries), centre view,
   cosine, weighted vote with T = 0.07, k = 20 and 200 (ops/knn.py); fine labels.
 - images/s: training images over training seconds (all epochs, and the last full epoch alone).
 - fraction of bf16 peak: backbone FLOPs per image (forward + backward, torch.utils.flop_counter) x images/s over
@@ -129,6 +130,7 @@ class Budget(pl.Callback):
         sync(self.device)
         self.start = self.clock()
         self.wall_start = time.perf_counter()
+        self.evaluate(trainer, pl_module, epoch="init")  # the random-init backbone: the reference every row needs
 
     def on_train_epoch_start(self, trainer, pl_module):
         self.epoch_start, self.epoch_images = self.train_seconds(), 0
@@ -177,7 +179,7 @@ class Budget(pl.Callback):
         print(f"after epoch {done - 1} ({now:.1f} s): schedule fitted to {epochs} epochs ({self.warmup} warm-up)",
               flush=True)
 
-    def evaluate(self, trainer, pl_module) -> None:
+    def evaluate(self, trainer, pl_module, epoch: int | str | None = None) -> None:
         paused_at = self.clock()
         train_s = self.train_seconds()
         acc = knn_top1(pl_module, self.dm, self.device, self.precision)
@@ -185,7 +187,7 @@ class Budget(pl.Callback):
         self.paused += self.clock() - paused_at
         self.last_eval = train_s
         self.rows.append({
-            "epoch": trainer.current_epoch, "step": trainer.global_step, "train_min": train_s / 60,
+            "epoch": trainer.current_epoch if epoch is None else epoch, "step": trainer.global_step, "train_min": train_s / 60,
             "wall_min": (time.perf_counter() - self.wall_start) / 60, "images_per_s": self.images / max(train_s, 1e-9),
             "epoch_images_per_s": self.epoch_rates[-1] if self.epoch_rates else float("nan"),
             **{f"knn{k}": v for k, v in acc.items()},
@@ -272,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     best_rate = steady if steady == steady else rate
     print(f"backbone FLOP/s over the whole step: {flops * best_rate / 1e12:.3f} TFLOP/s = "
           f"{100 * flops * best_rate / peak:.1f}% of the measured bf16 peak")
-    best = max(r[ks[-1]] for r in budget.rows)
+    best = max(r[ks[-1]] for r in budget.rows if r["epoch"] != "init")
     print(f"goal (one H100): >= 85% kNN top-1 within 10 training minutes; this run: {100 * best:.2f}% "
           f"(k={ks[-1][3:]}) within {budget.rows[-1]['train_min']:.2f} min on {name}")
     return 0
