@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     trainer.fit(model, datamodule=datamodule)
     if not budget.rows or budget.rows[-1]["step"] != trainer.global_step:
-        budget.evaluate(trainer, model)
+        budget.evaluate(trainer, model.to(device))  # Lightning hands the module back on the CPU after fit
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     rate = budget.images / max(budget.rows[-1]["train_min"] * 60, 1e-9)

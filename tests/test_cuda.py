@@ -270,9 +270,11 @@ def train_steps(case: str, cifar10_tar, cache_dir, accelerator: str = "gpu", ste
 
     class LossRecorder(pl.Callback):
         values: list[float] = []
+        devices: set[str] = set()  # read during training: Lightning moves the module back to the CPU after fit
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             self.values.append(float(outputs["loss"] if isinstance(outputs, dict) else outputs))
+            self.devices.add(pl_module.device.type)
 
     trainer = pl.Trainer(
         accelerator=accelerator, devices=1, precision="bf16-mixed", max_steps=steps, logger=False,
@@ -280,15 +282,15 @@ def train_steps(case: str, cifar10_tar, cache_dir, accelerator: str = "gpu", ste
         limit_val_batches=0, num_sanity_val_steps=0,
     )
     trainer.fit(module, datamodule=datamodule)
-    return module, trainer, LossRecorder.values
+    return module, trainer, LossRecorder.values, LossRecorder.devices
 
 
 @pytest.mark.parametrize("case", list(TRAIN_CASES))
 def test_every_method_trains_20_steps_bf16_channels_last(compiled_kernels, case, cifar10_tar, cache_dir):
-    module, trainer, losses = train_steps(case, cifar10_tar, cache_dir)
+    module, trainer, losses, devices = train_steps(case, cifar10_tar, cache_dir)
     assert trainer.global_step == 20 and len(losses) == 20
     assert all(math.isfinite(v) for v in losses), losses
-    assert module.device.type == "cuda"
+    assert devices == {"cuda"}
     conv = next(m for m in module.backbone.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert all(torch.isfinite(p).all() for p in module.parameters())
