@@ -126,7 +126,8 @@ def test_a_nan_loss_ends_with_the_message_only(cifar10_tar, cache_dir, tmp_path,
 def test_a_setting_the_method_refuses_is_a_config_error_before_any_run_directory(cifar10_tar, cache_dir, tmp_path,
                                                                                  capsys):
     tree = tiny_tree(cifar10_tar, cache_dir, tmp_path / "tree")
-    args = train_args(tree, tmp_path, "method.assign_on=clean", config="configs/pretrain/quick.yaml")
+    args = train_args(tree, tmp_path, "augment.clean_view=false", "method.assign_on=clean",
+                      config="configs/pretrain/quick.yaml")
     status, err = cli(train.main, args, capsys)
     assert status == 2
     assert err.strip().splitlines()[-1].startswith("config error: method.assign_on=clean needs the un-augmented image")
