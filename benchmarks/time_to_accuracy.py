@@ -187,7 +187,8 @@ class Budget(pl.Callback):
         self.paused += self.clock() - paused_at
         self.last_eval = train_s
         self.rows.append({
-            "epoch": trainer.current_epoch if epoch is None else epoch, "step": trainer.global_step, "train_min": train_s / 60,
+            "epoch": trainer.current_epoch if epoch is None else epoch, "step": trainer.global_step,
+            "train_min": train_s / 60,
             "wall_min": (time.perf_counter() - self.wall_start) / 60, "images_per_s": self.images / max(train_s, 1e-9),
             "epoch_images_per_s": self.epoch_rates[-1] if self.epoch_rates else float("nan"),
             **{f"knn{k}": v for k, v in acc.items()},
