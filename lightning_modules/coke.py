@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from configs.schema import MethodConfig
 from lightning_modules.base import PretrainModule
 from lightning_modules.coke_dashboard import log_clustering_dashboard
+from lightning_modules.momentum import MomentumEncoder
 from ops.coke_losses import coke_view_loss
 from ops.coke_state import CokeState
 from ops.distributed import gather_no_grad, rank
@@ -46,6 +47,10 @@ class CoKeConfig(MethodConfig):
     assign_on: str = "view"  # view (the paper) | clean: cluster the un-augmented image (no-grad forward)
     target: str = "previous_epoch"  # previous_epoch (the paper) | current: this step's label, current centres
     center_carry: float = 0.0  # fraction of each cluster's members kept across epochs (0: the paper's reset)
+    # assign_on=clean: > 0 clusters the clean image with an EMA copy of backbone + projection (this momentum), so
+    # the features that make the labels move more slowly than the online network. 0: the online network.
+    assign_momentum: float = 0.0
+    proj_last_bn: bool = True  # the paper's BatchNorm at the end of the projection
 
 
 # The options that name a rule, and their values (the first is the default).
@@ -63,7 +68,7 @@ class CoKe(PretrainModule):
         self.two_views = self.cfg.augment.num_large_crops == 2
         self.temperature = m.temperature or (0.05 if self.two_views else 0.1)
         dim = self.cfg.model.proj_output_dim
-        self.projection = self.projector(dim, last_bn=True)
+        self.projection = self.projector(dim, last_bn=m.proj_last_bn)
         self.prediction = self.predictor(dim) if self.cfg.model.pred_hidden_dim else None
         for option, choices in CHOICES.items():
             if getattr(m, option) not in choices:
@@ -80,6 +85,13 @@ class CoKe(PretrainModule):
         self.coarse_head = torch.nn.Linear(dim, data_info["num_coarse"]) if coarse else None
         if m.assign_on == "clean" and not self.cfg.augment.clean_view:
             raise ValueError("method.assign_on=clean needs the un-augmented image: set augment.clean_view=true")
+        if not 0.0 <= m.assign_momentum < 1.0:
+            raise ValueError(f"method.assign_momentum must be in [0, 1), got {m.assign_momentum}")
+        if m.assign_momentum and m.assign_on != "clean":
+            raise ValueError("method.assign_momentum is the momentum of the encoder that clusters the clean image: "
+                             "set method.assign_on=clean (and augment.clean_view=true), or assign_momentum=0")
+        # Built after the projection, so it copies both.
+        self.assign_encoder = MomentumEncoder(self.backbone, self.projection) if m.assign_momentum else None
         if m.assign_on == "clean" and self.two_views:
             raise ValueError("method.assign_on=clean is a one-view option (two views cluster the mean of the two "
                              "views): set augment.num_large_crops=1 or method.assign_on=view")
@@ -109,7 +121,11 @@ class CoKe(PretrainModule):
         if self.method_cfg.assign_on == "view":
             return x
         with torch.no_grad():
-            return F.normalize(self.projection(self(batch["clean_view"])), dim=1)
+            if self.assign_encoder is None:
+                return F.normalize(self.projection(self(batch["clean_view"])), dim=1)
+            self.assign_encoder.update([self.backbone, self.projection], self.method_cfg.assign_momentum)
+            clean = self.assign_encoder.encode_views([batch["clean_view"]], self.cfg.model.channels_last)[0]
+            return F.normalize(clean, dim=1)
 
     def head_logits(self, h: torch.Tensor) -> list[torch.Tensor]:
         current = self.method_cfg.target == "current"

@@ -88,3 +88,55 @@ def test_assign_on_clean_with_two_views_is_a_clear_error(cifar10_tar, cache_dir)
     with pytest.raises(ValueError, match="one-view option"):
         build(ONE_VIEW, cifar10_tar, cache_dir, "augment.clean_view=true", "method.assign_on=clean",
               "augment.num_large_crops=2")
+
+
+def test_assign_momentum_clusters_the_clean_image_with_the_ema_encoder(cifar10_tar, cache_dir):
+    from test_coke_module import ONE_VIEW, build
+
+    model, datamodule = build(ONE_VIEW, cifar10_tar, cache_dir, "augment.clean_view=true", "method.assign_on=clean",
+                              "method.assign_momentum=0.9")
+    ema = model.assign_encoder.net
+    with torch.no_grad():  # an online network that has moved away from its EMA copy
+        for p in [*model.backbone.parameters(), *model.projection.parameters()]:
+            p.add_(0.01 * torch.randn_like(p))
+    online = [p.detach().clone() for m in (model.backbone, model.projection) for p in m.parameters()]
+    before = [p.detach().clone() for p in ema.parameters()]
+    batch = next(iter(datamodule.train_dataloader()))
+    batch["views"] = datamodule.augment(batch["image"])
+    batch["clean_view"] = datamodule.eval_transform(batch["image"])
+    model.train()
+    with torch.no_grad():
+        model.training_loss(batch, model.encode_views(batch["views"]))
+    after = list(ema.parameters())
+    for b, o, a in zip(before, online, after):  # one EMA step: 0.9 of the copy, 0.1 of the online network
+        torch.testing.assert_close(a, 0.9 * b + 0.1 * o)
+    assert not any(p.requires_grad for p in after)
+    with torch.no_grad():
+        from_ema = F.normalize(ema(batch["clean_view"]), dim=1)
+        from_online = F.normalize(model.projection(model(batch["clean_view"])), dim=1)
+    labels = model.clustering.label_memory[batch["index"], 0]
+    for k in labels.unique():  # the first step of an epoch: each hit centre is its members' mean EMA projection
+        centre = model.clustering.centers[k]
+        assert torch.allclose(centre, F.normalize(from_ema[labels == k].mean(0), dim=0), atol=1e-4)
+    assert not torch.allclose(from_ema, from_online, atol=1e-3)  # so the test can tell the two encoders apart
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["method.assign_momentum=0.9"], "method.assign_on=clean"),
+    (["augment.clean_view=true", "method.assign_on=clean", "method.assign_momentum=1.0"], r"\[0, 1\)"),
+])
+def test_assign_momentum_needs_the_clean_assignment_and_a_momentum_below_one(overrides, message, cifar10_tar,
+                                                                              cache_dir):
+    from test_coke_module import ONE_VIEW, build
+
+    with pytest.raises(ValueError, match=message):
+        build(ONE_VIEW, cifar10_tar, cache_dir, *overrides)
+
+
+def test_proj_last_bn_false_ends_the_projection_with_a_linear_layer(cifar10_tar, cache_dir):
+    from test_coke_module import ONE_VIEW, build
+
+    with_bn, _ = build(ONE_VIEW, cifar10_tar, cache_dir)
+    without, _ = build(ONE_VIEW, cifar10_tar, cache_dir, "method.proj_last_bn=false")
+    assert isinstance(with_bn.projection[-1], torch.nn.BatchNorm1d)
+    assert isinstance(without.projection[-1], torch.nn.Linear) and without.projection[-1].bias is not None
