@@ -85,6 +85,9 @@ class CoKe(PretrainModule):
         self.coarse_head = torch.nn.Linear(dim, data_info["num_coarse"]) if coarse else None
         if m.assign_on == "clean" and not self.cfg.augment.clean_view:
             raise ValueError("method.assign_on=clean needs the un-augmented image: set augment.clean_view=true")
+        if m.assign_on == "clean" and self.two_views:
+            raise ValueError("method.assign_on=clean is a one-view option (two views cluster the mean of the two "
+                             "views): set augment.num_large_crops=1 or method.assign_on=view")
         if not 0.0 <= m.assign_momentum < 1.0:
             raise ValueError(f"method.assign_momentum must be in [0, 1), got {m.assign_momentum}")
         if m.assign_momentum and m.assign_on != "clean":
@@ -92,9 +95,6 @@ class CoKe(PretrainModule):
                              "set method.assign_on=clean (and augment.clean_view=true), or assign_momentum=0")
         # Built after the projection, so it copies both.
         self.assign_encoder = MomentumEncoder(self.backbone, self.projection) if m.assign_momentum else None
-        if m.assign_on == "clean" and self.two_views:
-            raise ValueError("method.assign_on=clean is a one-view option (two views cluster the mean of the two "
-                             "views): set augment.num_large_crops=1 or method.assign_on=view")
         # Labels of every training instance, filled as batches pass: for the NMI dashboard only.
         self.register_buffer("instance_labels", torch.full((data_info["num_train"], 2), -1), persistent=False)
 
