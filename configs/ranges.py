@@ -53,6 +53,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "retrieval.ks": (1, INF, "neighbour counts"),
     "clustering.num_clusters": (0, INF, "clusters (0: the number of classes)"),
     "clustering.iterations": (1, INF, "k-means iterations"),
+    "method.kmeans_iterations": (1, INF, "k-means iterations"),
     "sea.epochs": (1, INF, "epochs"),
     "sea.batch_size": (2, INF, "features per batch (SeA mixes the others of a batch)"),
     "sea.lrs": (1e-12, INF, "positive learning rates"),

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from configs.schema import MethodConfig
 from lightning_modules.base import PretrainModule
 from lightning_modules.coke_dashboard import log_clustering_dashboard
+from lightning_modules.coke_init import kmeans_initialise
 from lightning_modules.momentum import MomentumEncoder
 from ops.coke_losses import coke_view_loss
 from ops.coke_state import CokeState
@@ -27,6 +28,10 @@ class CoKeConfig(MethodConfig):
     alpha: float = 0.2  # two views: weight of the one-hot CE against the swapped soft CE
     beta: float = 0.0  # weight of the projection CE added to the predictor CE
     init_epochs: int = 1  # clustering initialisation at lr 0
+    # online (the paper): the clusters start from the init_epochs at lr 0. kmeans: spherical k-means of one no-grad
+    # pass over the training set before epoch 0 (lightning_modules/coke_init.py); with init_epochs=0 epoch 0 trains.
+    cluster_init: str = "online"
+    kmeans_iterations: int = 10
     stage2_epochs: int = 0  # one view: last epochs train on soft targets averaged over epochs
     stage2_slots: int = 5
     stage2_temperature: float = 0.5
@@ -55,7 +60,8 @@ class CoKeConfig(MethodConfig):
 
 # The options that name a rule, and their values (the first is the default).
 CHOICES = {"stage2_rule": ("faithful", "legacy"), "view_loss": ("legacy", "faithful"),
-           "assign_on": ("view", "clean"), "target": ("previous_epoch", "current")}
+           "assign_on": ("view", "clean"), "target": ("previous_epoch", "current"),
+           "cluster_init": ("online", "kmeans")}
 
 
 class CoKe(PretrainModule):
@@ -102,6 +108,12 @@ class CoKe(PretrainModule):
         m = self.method_cfg
         return bool(m.stage2_epochs) and not self.two_views and self.current_epoch >= self.trainer.max_epochs - m.stage2_epochs
 
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        fresh = not bool((self.clustering.label_memory >= 0).any())  # a resumed run has its clusters
+        if self.method_cfg.cluster_init == "kmeans" and fresh:
+            kmeans_initialise(self, self.method_cfg.kmeans_iterations)
+
     def on_train_epoch_start(self) -> None:
         # On a resume inside the first stage-2 epoch the state has begun stage 2 already: do not restart it.
         if self.in_stage2() and not self.clustering.stage2_started:
@@ -126,6 +138,14 @@ class CoKe(PretrainModule):
             self.assign_encoder.update([self.backbone, self.projection], self.method_cfg.assign_momentum)
             clean = self.assign_encoder.encode_views([batch["clean_view"]], self.cfg.model.channels_last)[0]
             return F.normalize(clean, dim=1)
+
+    def clustering_input(self, batch: dict) -> torch.Tensor:
+        """No grad: the unit-norm input the clustering takes for this batch (for the k-means initialisation)."""
+        if self.method_cfg.assign_on == "clean":
+            return self.assignment_input(None, batch)
+        large = 2 if self.two_views else 1
+        z = [F.normalize(self.projection(f), dim=1) for f in self.encode_views(batch["views"][:large])]
+        return sum(z) / large
 
     def head_logits(self, h: torch.Tensor) -> list[torch.Tensor]:
         current = self.method_cfg.target == "current"

@@ -265,6 +265,22 @@ class CokeState(torch.nn.Module):
         return summary
 
     @torch.no_grad()
+    def load_clusters(self, centers: torch.Tensor, labels: torch.Tensor) -> None:
+        """Start from given clusters as if an initialisation epoch had just ended: centres (sum K, D) for the
+        assignment and the loss, local labels (N, H) as every instance's previous-epoch label (-1: none), duals
+        and counters at zero (so each centre is replaced by its first member of the next epoch, as after any
+        epoch)."""
+        if centers.shape != self.centers.shape or labels.shape != self.label_memory.shape:
+            raise ValueError(f"need centres {tuple(self.centers.shape)} and labels {tuple(self.label_memory.shape)}, "
+                             f"got {tuple(centers.shape)} and {tuple(labels.shape)}")
+        self.centers.copy_(F.normalize(centers.to(self.centers), dim=1))
+        self.prev_centers.copy_(self.centers)
+        self.label_memory.copy_(labels)
+        self.duals.zero_()
+        self.counters.zero_()
+        self.carried.zero_()
+
+    @torch.no_grad()
     def begin_stage2(self) -> None:
         """Start the stage-2 averages afresh (call when the one-view last stage begins)."""
         if self.stage2_slots == 0:

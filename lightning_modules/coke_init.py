@@ -1,0 +1,58 @@
+"""CoKe's k-means initialisation (`method.cluster_init=kmeans`, a departure from the paper).
+
+The paper starts with `init_epochs` full epochs at lr 0 that only run the online clustering. This instead makes
+one no-grad pass over the training set, embeds every image as the clustering would see it, and runs spherical
+k-means per head (ops/kmeans.py, as DeepCluster-v2 does at each epoch start). The result becomes the state an
+initialisation epoch leaves: centres, every instance's previous-epoch label, zero duals. So with
+`init_epochs=0` epoch 0 already trains, and the pass costs a forward without a graph instead of a training epoch.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.distributed as dist
+
+from ops.distributed import gather_no_grad, is_distributed
+from ops.kmeans import spherical_kmeans
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def embed_training_set(module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids (M,), unit-norm clustering inputs (M, D)) of every training batch of one pass, all ranks gathered."""
+    trainer = module.trainer
+    ids, feats = [], []
+    for batch in trainer.train_dataloader:
+        batch = trainer.strategy.batch_to_device(batch)  # the datamodule makes the views, as in training
+        with trainer.precision_plugin.forward_context():
+            x = module.clustering_input(batch)
+        ids.append(gather_no_grad(batch["index"]))
+        feats.append(gather_no_grad(x.float()))
+    return torch.cat(ids), torch.cat(feats)
+
+
+@torch.no_grad()
+def kmeans_initialise(module, iterations: int) -> None:
+    """Load spherical k-means clusters of the whole training set into `module.clustering`."""
+    state = module.clustering
+    log.info("CoKe: k-means initialisation of the clusters (one no-grad pass over %d images)", state.num_instances)
+    ids, feats = embed_training_set(module)
+    device = state.centers.device
+    embedded = torch.zeros(state.num_instances, feats.shape[1], device=device)
+    embedded[ids.to(device)] = feats.to(device)  # a repeated id (sampler padding) carries the same image
+    seen = torch.zeros(state.num_instances, dtype=torch.bool, device=device)
+    seen[ids.to(device)] = True
+    labels = torch.full_like(state.label_memory, -1)
+    centers = []
+    for head, k in enumerate(state.num_clusters):
+        generator = torch.Generator().manual_seed(module.cfg.seed * 1000 + head)
+        head_centers, head_labels = spherical_kmeans(embedded[seen], k, iterations, generator=generator)
+        centers.append(head_centers)
+        labels[seen, head] = head_labels
+    centers = torch.cat(centers)
+    if is_distributed():  # scatter-add on a GPU does not sum in a fixed order: rank 0's clusters for all
+        dist.broadcast(centers, src=0)
+        dist.broadcast(labels, src=0)
+    state.load_clusters(centers, labels)
