@@ -14,7 +14,7 @@ import torch
 from configs.loader import load_config, to_plain
 from datamodules import PretrainDataModule
 from lightning_modules.registry import method_class, method_schemas
-from training_utils import SEED
+from training_utils import SEED, make_trainer
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "pretrain"
@@ -46,14 +46,6 @@ def build(method: str, cifar10_tar, cache_dir, *overrides: str):
     datamodule.setup("fit")
     pl.seed_everything(SEED)
     return method_class(method)(to_plain(cfg), asdict(datamodule.info)), datamodule
-
-
-def make_trainer(max_epochs: int, *callbacks: pl.Callback, **kwargs) -> pl.Trainer:
-    kwargs = {"check_val_every_n_epoch": max_epochs, **kwargs}
-    return pl.Trainer(
-        accelerator="cpu", max_epochs=max_epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, callbacks=list(callbacks), **kwargs,
-    )
 
 
 class StateAtStart(pl.Callback):

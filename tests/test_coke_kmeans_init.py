@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import lightning_modules.coke as coke_module
 from ops.coke_state import CokeState
 from ops.kmeans import spherical_kmeans
-from training_utils import run
+from training_utils import make_trainer, run
 
 KMEANS = ["augment.clean_view=true", "method.assign_on=clean", "method.cluster_init=kmeans", "method.init_epochs=0"]
 
@@ -54,9 +54,7 @@ def test_kmeans_init_clusters_the_clean_images_and_epoch_zero_trains_on_them(cif
                 record["memory"] = pl_module.clustering.label_memory.clone()
                 record["centers"] = pl_module.clustering.prev_centers.clone()
 
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         limit_val_batches=0, callbacks=[Watch()])
+    trainer = make_trainer(1, Watch(), limit_val_batches=0)
     trainer.fit(model, datamodule=datamodule)
 
     ids = torch.tensor(sorted(embedded))

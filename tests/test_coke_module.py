@@ -17,7 +17,7 @@ from configs.loader import load_config, to_plain
 from datamodules import PretrainDataModule
 from lightning_modules.coke import CoKe
 from ops.coke_state import CokeState, partition_clusters
-from training_utils import TINY, metrics, run
+from training_utils import TINY, make_trainer, metrics, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "pretrain"
@@ -75,9 +75,7 @@ def test_epoch_zero_initialises_the_clustering_at_lr_zero(cifar10_tar, cache_dir
                 record["memory0"] = pl_module.clustering.label_memory.clone()
                 record["centers0"] = pl_module.clustering.centers.clone()
 
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         limit_val_batches=0, callbacks=[Watch()])
+    trainer = make_trainer(2, Watch(), limit_val_batches=0)
     trainer.fit(model, datamodule=datamodule)
 
     assert set(record["lrs"]) == {0.0}

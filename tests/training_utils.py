@@ -6,6 +6,8 @@ import importlib.util
 import os
 from pathlib import Path
 
+import pytorch_lightning as pl
+
 import train
 
 TINY = [
@@ -26,6 +28,15 @@ def run(config: str, tmp_path: Path, cifar10_tar: Path, cache_dir: Path, *overri
             "run_name=test", f"seed={SEED}", *overrides]
     assert train.main(args) == 0
     return sorted((tmp_path / "runs" / "test").iterdir())[-1]
+
+
+def make_trainer(max_epochs: int, *callbacks: pl.Callback, **kwargs) -> pl.Trainer:
+    """A bare CPU Trainer for fitting a module directly: no logger, checkpoints, bar, summary or sanity check."""
+    kwargs = {"check_val_every_n_epoch": max_epochs, **kwargs}
+    return pl.Trainer(
+        accelerator="cpu", max_epochs=max_epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, callbacks=list(callbacks), **kwargs,
+    )
 
 
 def metrics(run_dir: Path) -> dict[str, list[float]]:
