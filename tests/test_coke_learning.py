@@ -1,6 +1,6 @@
-"""One-view CoKe learns on real CIFAR-10: the loss falls under the size bound with its dashboard logged, and a
-short fit does not fall behind a random-init backbone on the online fine probe (at this budget it does not reliably
-beat it: see the margins below)."""
+"""One-view CoKe learns on real CIFAR-10: the loss falls under the size bound with its dashboard logged; with the
+paper's rules a short fit does not fall behind a random-init backbone on the online fine probe (at this budget it
+does not reliably beat it: see the margins below), and with quick.yaml's departures it beats it."""
 import pytest
 import torch
 
@@ -78,3 +78,22 @@ def test_one_view_fit_stays_level_with_or_above_a_random_init_backbone_on_the_on
     # assert a gain without failing by luck: it guards against a regression (a collapse or a broken update
     # falls far below random init, e.g. 11.6% without the predictor) with a margin of 1.6 points under the worst seed.
     assert trained > random_init - 0.015, (trained, random_init)
+
+
+def test_quick_departures_beat_a_random_init_backbone_on_the_online_fine_probe(tmp_path, cifar10_tar, cache_dir):
+    """quick.yaml's departures from the paper (clean-image assignment, k-means start, the projection's loss, LARS,
+    weaker crops) on the same budget as above: these learn clearly, so this asserts a gain over random init."""
+    common = ("data.subset=250", "data.eval_subset=500", "method.num_clusters=[50,100]", "trainer.max_epochs=25",
+              "trainer.check_val_every_n_epoch=25", "optim.probe_lr=0.5", "augment.clean_view=true",
+              "method.assign_on=clean", "method.cluster_init=kmeans", "method.init_epochs=0", "method.beta=1.0",
+              "augment.min_scale=0.5", "optim.name=lars", "optim.lr=0.8")
+
+    def fine_acc(name: str, *extra: str) -> float:
+        return metrics(run(ONE_VIEW, tmp_path / name, cifar10_tar, cache_dir, *common, *extra))["online/fine_acc1"][-1]
+
+    trained = fine_acc("coke")
+    random_init = fine_acc("random", "optim.lr=0.0")
+    print(f"MEASURED coke_quick_gain_over_random={trained - random_init:.4f}")
+    # Measured on cpu2 (benchmarks/RESULTS.md), COKE_TEST_SEED 0-4, in points: +1.3, +4.0, +3.3, +1.6, +1.8. Asserting
+    # a gain at all leaves a margin of 1.3 points under the worst seed.
+    assert trained > random_init, (trained, random_init)
