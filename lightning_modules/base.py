@@ -80,6 +80,16 @@ class PretrainModule(pl.LightningModule):
                 feats[i] = f
         return feats
 
+    def training_batches(self):
+        """One pass over the training loader before training (the methods that embed the whole training set first):
+        each batch on the device with its views made by the datamodule, as in training, under no grad and the
+        precision's forward context."""
+        trainer = self.trainer
+        for batch in trainer.train_dataloader:
+            batch = trainer.strategy.batch_to_device(batch)
+            with torch.no_grad(), trainer.precision_plugin.forward_context():
+                yield batch
+
     def training_loss(self, batch: dict, feats: list[torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 

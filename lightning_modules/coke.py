@@ -144,8 +144,13 @@ class CoKe(PretrainModule):
         if self.method_cfg.assign_on == "clean":
             return self.assignment_input(None, batch)
         large = 2 if self.two_views else 1
-        z = [F.normalize(self.projection(f), dim=1) for f in self.encode_views(batch["views"][:large])]
-        return sum(z) / large
+        return self.mean_large_view([self.projection(f) for f in self.encode_views(batch["views"][:large])])
+
+    def mean_large_view(self, z: list[torch.Tensor]) -> torch.Tensor:
+        """The clustering's input from the projections: the large view's unit vector, or the two large views' mean."""
+        if not self.two_views:
+            return F.normalize(z[0], dim=1)
+        return (F.normalize(z[0], dim=1) + F.normalize(z[1], dim=1)) / 2
 
     def head_logits(self, h: torch.Tensor) -> list[torch.Tensor]:
         current = self.method_cfg.target == "current"
@@ -180,7 +185,7 @@ class CoKe(PretrainModule):
         z = [self.projection(f) for f in feats]
         outputs = [self.prediction(zi) for zi in z] if self.prediction is not None else z
         num_large = 2 if self.two_views else 1
-        x = F.normalize(z[0], dim=1) if num_large == 1 else (F.normalize(z[0], dim=1) + F.normalize(z[1], dim=1)) / 2
+        x = self.mean_large_view(z)
         soft = self.stage2_targets(batch["index"])  # read before cluster_step writes this step's labels
         labels = self.cluster_step(self.assignment_input(x, batch) if num_large == 1 else x, batch)
         if m.target == "current":  # the label this step just wrote (first copy of a duplicated id)

@@ -22,14 +22,10 @@ log = logging.getLogger(__name__)
 @torch.no_grad()
 def embed_training_set(module) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids (M,), unit-norm clustering inputs (M, D)) of every training batch of one pass, all ranks gathered."""
-    trainer = module.trainer
     ids, feats = [], []
-    for batch in trainer.train_dataloader:
-        batch = trainer.strategy.batch_to_device(batch)  # the datamodule makes the views, as in training
-        with trainer.precision_plugin.forward_context():
-            x = module.clustering_input(batch)
+    for batch in module.training_batches():
         ids.append(gather_no_grad(batch["index"]))
-        feats.append(gather_no_grad(x.float()))
+        feats.append(gather_no_grad(module.clustering_input(batch).float()))
     return torch.cat(ids), torch.cat(feats)
 
 
@@ -40,10 +36,11 @@ def kmeans_initialise(module, iterations: int) -> None:
     log.info("CoKe: k-means initialisation of the clusters (one no-grad pass over %d images)", state.num_instances)
     ids, feats = embed_training_set(module)
     device = state.centers.device
+    ids = ids.to(device)
     embedded = torch.zeros(state.num_instances, feats.shape[1], device=device)
-    embedded[ids.to(device)] = feats.to(device)  # a repeated id (sampler padding) carries the same image
+    embedded[ids] = feats.to(device)  # a repeated id (sampler padding) carries the same image
     seen = torch.zeros(state.num_instances, dtype=torch.bool, device=device)
-    seen[ids.to(device)] = True
+    seen[ids] = True
     labels = torch.full_like(state.label_memory, -1)
     centers = []
     for head, k in enumerate(state.num_clusters):

@@ -64,14 +64,9 @@ class DeepClusterV2(PretrainModule):
         if self.clustered_epoch.item() < 0:  # a fresh run; a resumed one has its memory in the checkpoint
             self.fill_memory()
 
-    @torch.no_grad()
     def fill_memory(self) -> None:
-        trainer = self.trainer
-        for batch in trainer.train_dataloader:
-            batch = trainer.strategy.batch_to_device(batch)  # the datamodule makes the views, as in training
-            with trainer.precision_plugin.forward_context():
-                embeddings = self.embed(self(batch["views"][0]))
-            self.remember(batch["index"], embeddings)
+        for batch in self.training_batches():
+            self.remember(batch["index"], self.embed(self(batch["views"][0])))
 
     def on_train_epoch_start(self) -> None:
         if self.clustered_epoch.item() != self.current_epoch:
