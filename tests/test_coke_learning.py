@@ -60,17 +60,23 @@ def test_one_view_fit_learns_keeps_the_bound_and_logs_the_dashboard(tmp_path, ci
     assert (state["counters"] == 0).all()  # reset at every epoch end
 
 
+GAIN_BUDGET = ("data.subset=250", "data.eval_subset=500", "method.num_clusters=[50,100]", "trainer.max_epochs=25",
+               "trainer.check_val_every_n_epoch=25", "optim.probe_lr=0.5")
+
+
+def online_fine_acc_trained_and_at_random_init(tmp_path, cifar10_tar, cache_dir, *overrides: str) -> tuple[float, float]:
+    """The last online fine probe of one-view CoKe (GAIN_BUDGET + overrides), and of the same run at lr 0."""
+    def fine_acc(name: str, *extra: str) -> float:
+        run_dir = run(ONE_VIEW, tmp_path / name, cifar10_tar, cache_dir, *GAIN_BUDGET, *overrides, *extra)
+        return metrics(run_dir)["online/fine_acc1"][-1]
+
+    return fine_acc("coke"), fine_acc("random", "optim.lr=0.0")
+
+
 def test_one_view_fit_stays_level_with_or_above_a_random_init_backbone_on_the_online_fine_probe(tmp_path, cifar10_tar, cache_dir):
     """Same data, probe, schedule and seed; the baseline run has lr 0 for everything but the probe, so its
     backbone stays at random init (only BN statistics move)."""
-    common = ("data.subset=250", "data.eval_subset=500", "method.num_clusters=[50,100]", "trainer.max_epochs=25",
-              "trainer.check_val_every_n_epoch=25", "optim.lr=1.6", "optim.probe_lr=0.5")
-
-    def fine_acc(name: str, *extra: str) -> float:
-        return metrics(run(ONE_VIEW, tmp_path / name, cifar10_tar, cache_dir, *common, *extra))["online/fine_acc1"][-1]
-
-    trained = fine_acc("coke")
-    random_init = fine_acc("random", "optim.lr=0.0")
+    trained, random_init = online_fine_acc_trained_and_at_random_init(tmp_path, cifar10_tar, cache_dir, "optim.lr=1.6")
     print(f"online fine acc: CoKe {trained:.3f}, random init {random_init:.3f}")
     print(f"MEASURED coke_online_gain_over_random={trained - random_init:.4f}")
     # Measured on cpu2 (benchmarks/RESULTS.md, "CoKe at small budgets"), COKE_TEST_SEED 0-4, in points:
@@ -83,16 +89,10 @@ def test_one_view_fit_stays_level_with_or_above_a_random_init_backbone_on_the_on
 def test_quick_departures_beat_a_random_init_backbone_on_the_online_fine_probe(tmp_path, cifar10_tar, cache_dir):
     """quick.yaml's departures from the paper (clean-image assignment, k-means start, the projection's loss, LARS,
     weaker crops) on the same budget as above: these learn clearly, so this asserts a gain over random init."""
-    common = ("data.subset=250", "data.eval_subset=500", "method.num_clusters=[50,100]", "trainer.max_epochs=25",
-              "trainer.check_val_every_n_epoch=25", "optim.probe_lr=0.5", "augment.clean_view=true",
-              "method.assign_on=clean", "method.cluster_init=kmeans", "method.init_epochs=0", "method.beta=1.0",
-              "augment.min_scale=0.5", "optim.name=lars", "optim.lr=0.8")
-
-    def fine_acc(name: str, *extra: str) -> float:
-        return metrics(run(ONE_VIEW, tmp_path / name, cifar10_tar, cache_dir, *common, *extra))["online/fine_acc1"][-1]
-
-    trained = fine_acc("coke")
-    random_init = fine_acc("random", "optim.lr=0.0")
+    trained, random_init = online_fine_acc_trained_and_at_random_init(
+        tmp_path, cifar10_tar, cache_dir, "augment.clean_view=true", "method.assign_on=clean",
+        "method.cluster_init=kmeans", "method.init_epochs=0", "method.beta=1.0", "augment.min_scale=0.5",
+        "optim.name=lars", "optim.lr=0.8")
     print(f"MEASURED coke_quick_gain_over_random={trained - random_init:.4f}")
     # Measured on cpu2 (benchmarks/RESULTS.md), COKE_TEST_SEED 0-4, in points: +1.3, +4.0, +3.3, +1.6, +1.8. Asserting
     # a gain at all leaves a margin of 1.3 points under the worst seed.
