@@ -1,6 +1,6 @@
 """Equal wall-clock comparison: every method pretrains for the same training time, then evaluate.py scores it.
 
-    python benchmarks/budget.py [--minutes 4] [--rows coke,coke-twoview,secu,simclr,swav,mocov2,deepclusterv2]
+    python benchmarks/budget.py [--minutes 4] [--rows coke,coke-paper,coke-twoview,secu,simclr,swav,mocov2,deepclusterv2]
         [--seeds 0] [--two-seed-rows coke,simclr] [--variant NAME=CONFIG:key=value,key=value ...]
         [--backbone resnet10t] [--batch-size 128] [--subset 0] [--device cpu|cuda] [--precision 32]
         [--out runs/budget] [--set key=value ...] [--eval-set key=value ...] [--threads N]
@@ -48,6 +48,7 @@ from lightning_modules.registry import method_class, method_schemas  # noqa: E40
 # row -> (config, overrides of that row)
 ROWS = {
     "coke": ("coke_cifar10", []),
+    "coke-paper": ("coke_cifar10_paper", []),
     "coke-twoview": ("coke_cifar10_twoview", []),
     "secu": ("secu_cifar10", []),
     "simclr": ("simclr_cifar10", []),
@@ -64,7 +65,7 @@ COLUMNS = ["row", "seed", "kNN-200 fine", "linear fine", "kNN-200 coarse", "line
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=4.0, help="training-time budget of every row")
-    p.add_argument("--rows", default="coke,coke-twoview,secu,simclr,swav,mocov2,deepclusterv2")
+    p.add_argument("--rows", default="coke,coke-paper,coke-twoview,secu,simclr,swav,mocov2,deepclusterv2")
     p.add_argument("--variant", nargs="*", default=[], help="NAME=CONFIG:key=value,key=value (an extra row)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--two-seed-rows", default="", help="rows that also run at seed+1 (e.g. coke,simclr)")

@@ -30,7 +30,7 @@ from test_gather_ddp import SPAWN_TIMEOUT_S, WORLD, _free_port
 pytestmark = pytest.mark.xdist_group("multiprocess")
 
 REPO = Path(__file__).resolve().parent.parent
-ONE_VIEW = str(REPO / "configs" / "pretrain" / "coke_cifar10.yaml")
+ONE_VIEW = str(REPO / "configs" / "pretrain" / "coke_cifar10_paper.yaml")
 NUM_TRAIN, DIM, GLOBAL_BATCH, EPOCHS = 30, 8, 12, 3
 SUPERCLASS_SIZES = [18, 12]
 STATE = ["centers", "prev_centers", "duals", "counters", "label_memory", "epoch"]

@@ -21,7 +21,7 @@ from training_utils import TINY, make_trainer, metrics, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "pretrain"
-ONE_VIEW = str(CONFIGS / "coke_cifar10.yaml")
+ONE_VIEW = str(CONFIGS / "coke_cifar10_paper.yaml")
 TWO_VIEW = str(CONFIGS / "coke_cifar10_twoview.yaml")
 SMALL = ["data.subset=20", "method.num_clusters=[5,10]", "trainer.check_val_every_n_epoch=100"]  # 200 images
 STEPS = 200 // 64  # per epoch (drop_last)
