@@ -54,6 +54,8 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "clustering.num_clusters": (0, INF, "clusters (0: the number of classes)"),
     "clustering.iterations": (1, INF, "k-means iterations"),
     "method.kmeans_iterations": (1, INF, "k-means iterations"),
+    "method.clean_target_weight": (0, 1, "the soft target's weight in [0, 1]"),
+    "method.clean_target_temperature": (1e-12, INF, "a positive temperature"),
     "sea.epochs": (1, INF, "epochs"),
     "sea.batch_size": (2, INF, "features per batch (SeA mixes the others of a batch)"),
     "sea.lrs": (1e-12, INF, "positive learning rates"),

@@ -56,6 +56,11 @@ class CoKeConfig(MethodConfig):
     # the features that make the labels move more slowly than the online network. 0: the online network.
     assign_momentum: float = 0.0
     proj_last_bn: bool = True  # the paper's BatchNorm at the end of the projection
+    # assign_on=clean: weight w of a soft target from the clean image. The loss becomes (1 − w)·CE(previous-epoch
+    # label) + w·CE(softmax of the clean image's similarities to the centres at clean_target_temperature), so the
+    # view also learns the clean image's distribution over clusters, not only its hard label. 0: the paper's loss.
+    clean_target_weight: float = 0.0
+    clean_target_temperature: float = 0.05
 
 
 # The options that name a rule, and their values (the first is the default).
@@ -99,6 +104,9 @@ class CoKe(PretrainModule):
         if m.assign_momentum and m.assign_on != "clean":
             raise ValueError("method.assign_momentum is the momentum of the encoder that clusters the clean image: "
                              "set method.assign_on=clean (and augment.clean_view=true), or assign_momentum=0")
+        if m.clean_target_weight and m.assign_on != "clean":
+            raise ValueError("method.clean_target_weight is a soft target from the clean image: set "
+                             "method.assign_on=clean (and augment.clean_view=true), or clean_target_weight=0")
         # Built after the projection, so it copies both.
         self.assign_encoder = MomentumEncoder(self.backbone, self.projection) if m.assign_momentum else None
         # Labels of every training instance, filled as batches pass: for the NMI dashboard only.
@@ -187,14 +195,16 @@ class CoKe(PretrainModule):
         num_large = 2 if self.two_views else 1
         x = self.mean_large_view(z)
         soft = self.stage2_targets(batch["index"])  # read before cluster_step writes this step's labels
-        labels = self.cluster_step(self.assignment_input(x, batch) if num_large == 1 else x, batch)
+        assigned = self.assignment_input(x, batch) if num_large == 1 else x
+        labels = self.cluster_step(assigned, batch)
         if m.target == "current":  # the label this step just wrote (first copy of a duplicated id)
             labels = self.clustering.label_memory[batch["index"].to(labels.device)]
         logits = [self.head_logits(h) for h in outputs]
         if num_large == 1:
-            loss = sum(self.hard_ce(lg, labels, batch, soft) for lg in logits) / len(logits)
+            teacher = self.clean_targets(assigned) if m.clean_target_weight else None
+            loss = sum(self.one_view_ce(lg, labels, batch, soft, teacher) for lg in logits) / len(logits)
             if m.beta and self.prediction is not None:
-                loss = loss + m.beta * self.hard_ce(self.head_logits(z[0]), labels, batch, soft)
+                loss = loss + m.beta * self.one_view_ce(self.head_logits(z[0]), labels, batch, soft, teacher)
         elif m.view_loss == "faithful":
             proj_logits = [self.head_logits(zi) for zi in z]
             loss = coke_view_loss(logits, proj_logits, labels, alpha=m.alpha, large_weight=m.large_crop_weight)
@@ -205,6 +215,23 @@ class CoKe(PretrainModule):
             self.log("train/coarse_ce", coarse_ce)
             loss = loss + m.coarse_weight * coarse_ce
         return loss
+
+    def clean_targets(self, clean: torch.Tensor) -> list[torch.Tensor]:
+        """Per head, the clean image's softmax over the loss centres (no grad): the soft target of clean_target_weight."""
+        centers = self.clustering.loss_centers().to(clean.dtype)
+        return [F.softmax(clean @ c.T / self.method_cfg.clean_target_temperature, dim=1).float()
+                for c in self.clustering.split_heads(centers)]
+
+    def one_view_ce(self, logits: list[torch.Tensor], labels: torch.Tensor, batch: dict,
+                    soft: list[torch.Tensor] | None, teacher: list[torch.Tensor] | None) -> torch.Tensor:
+        """The one-view loss of one set of head logits: the hard (or stage-2) CE, mixed with the clean image's soft
+        target when clean_target_weight > 0."""
+        hard = self.hard_ce(logits, labels, batch, soft)
+        if teacher is None:
+            return hard
+        w = self.method_cfg.clean_target_weight
+        soft_ce = torch.stack([-(t * F.log_softmax(h.float(), 1)).sum(1).mean() for t, h in zip(teacher, logits)])
+        return (1 - w) * hard + w * soft_ce.mean()
 
     def two_view_loss(self, logits: list[list[torch.Tensor]], labels: torch.Tensor, batch: dict) -> torch.Tensor:
         """view_loss=legacy: α·one-hot CE + (1−α)·CE against the other large view's stop-gradient softmax of the

@@ -140,3 +140,43 @@ def test_proj_last_bn_false_ends_the_projection_with_a_linear_layer(cifar10_tar,
     without, _ = build(ONE_VIEW, cifar10_tar, cache_dir, "method.proj_last_bn=false")
     assert isinstance(with_bn.projection[-1], torch.nn.BatchNorm1d)
     assert isinstance(without.projection[-1], torch.nn.Linear) and without.projection[-1].bias is not None
+
+
+def test_clean_target_weight_mixes_the_clean_images_soft_assignment_into_the_loss(cifar10_tar, cache_dir):
+    from test_coke_module import ONE_VIEW, build
+
+    w, teacher_t = 0.4, 0.05
+    model, datamodule = build(ONE_VIEW, cifar10_tar, cache_dir, "augment.clean_view=true", "method.assign_on=clean",
+                              f"method.clean_target_weight={w}", f"method.clean_target_temperature={teacher_t}")
+    state = model.clustering
+    generator = torch.Generator().manual_seed(3)
+    centres = F.normalize(torch.randn(state.centers.shape, generator=generator), dim=1)
+    labels = torch.stack([torch.randint(0, k, (state.label_memory.shape[0],), generator=generator)
+                          for k in state.num_clusters], 1)
+    state.load_clusters(centres, labels)
+    batch = next(iter(datamodule.train_dataloader()))
+    batch["views"] = datamodule.augment(batch["image"])
+    batch["clean_view"] = datamodule.eval_transform(batch["image"])
+    model.train()
+    with torch.no_grad():
+        loss = model.training_loss(batch, model.encode_views(batch["views"]))
+        # The same loss by hand: the predictor's logits against the previous-epoch label and the clean image's
+        # softmax over the (fixed within the epoch) centres at the teacher temperature.
+        student = F.normalize(model.prediction(model.projection(model(batch["views"][0]))), dim=1)
+        clean = F.normalize(model.projection(model(batch["clean_view"])), dim=1)
+        expected, start = [], 0
+        for head, k in enumerate(state.num_clusters):
+            c = centres[start:start + k]
+            start += k
+            logits = student @ c.T / model.temperature
+            target = F.softmax(clean @ c.T / teacher_t, dim=1)
+            soft_ce = -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
+            expected.append((1 - w) * F.cross_entropy(logits, labels[batch["index"], head]) + w * soft_ce)
+    torch.testing.assert_close(loss, torch.stack(expected).mean(), atol=1e-5, rtol=1e-5)
+
+
+def test_clean_target_weight_needs_the_clean_assignment(cifar10_tar, cache_dir):
+    from test_coke_module import ONE_VIEW, build
+
+    with pytest.raises(ValueError, match="method.assign_on=clean"):
+        build(ONE_VIEW, cifar10_tar, cache_dir, "method.clean_target_weight=0.5")
