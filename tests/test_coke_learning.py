@@ -87,13 +87,14 @@ def test_one_view_fit_stays_level_with_or_above_a_random_init_backbone_on_the_on
 
 
 def test_quick_departures_beat_a_random_init_backbone_on_the_online_fine_probe(tmp_path, cifar10_tar, cache_dir):
-    """quick.yaml's departures from the paper (clean-image assignment, k-means start, the projection's loss, LARS,
-    weaker crops) on the same budget as above: these learn clearly, so this asserts a gain over random init."""
+    """quick.yaml's departures from the paper (clean-image assignment, k-means start, the projection's loss, the
+    clean image's soft target, LARS, weaker crops) on the same budget as above: these learn clearly, so this asserts
+    a gain over random init."""
     trained, random_init = online_fine_acc_trained_and_at_random_init(
         tmp_path, cifar10_tar, cache_dir, "augment.clean_view=true", "method.assign_on=clean",
         "method.cluster_init=kmeans", "method.init_epochs=0", "method.beta=1.0", "augment.min_scale=0.5",
-        "optim.name=lars", "optim.lr=0.8")
+        "method.clean_target_weight=0.3", "optim.name=lars", "optim.lr=1.2")
     print(f"MEASURED coke_quick_gain_over_random={trained - random_init:.4f}")
-    # Measured on cpu2 (benchmarks/RESULTS.md), COKE_TEST_SEED 0-4, in points: +1.3, +4.0, +3.3, +1.6, +1.8. Asserting
-    # a gain at all leaves a margin of 1.3 points under the worst seed.
+    # Measured on cpu2 (benchmarks/RESULTS.md), COKE_TEST_SEED 0-4, in points: +1.0, +3.1, +2.0, +2.9, +3.3. Asserting
+    # a gain at all leaves a margin of 1.0 point under the worst seed.
     assert trained > random_init, (trained, random_init)
