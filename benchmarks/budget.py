@@ -101,7 +101,7 @@ def shared_overrides(args) -> list[str]:
            f"data.batch_size={args.batch_size}", f"data.subset={args.subset}", "data.eval_subset=0",
            "logger.kind=none"]
     if args.device == "cpu":
-        out += ["data.pin_memory=false", "data.num_workers=0", "model.channels_last=false"]
+        out += ["data.pin_memory=false", "data.num_workers=0"]  # channels-last: every config's own (all true)
     return out
 
 
