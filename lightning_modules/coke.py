@@ -13,7 +13,7 @@ from lightning_modules.base import PretrainModule
 from lightning_modules.coke_dashboard import log_clustering_dashboard
 from lightning_modules.coke_init import kmeans_initialise
 from lightning_modules.momentum import MomentumEncoder
-from ops.coke_losses import coke_view_loss
+from ops.coke_losses import coke_view_loss, soft_cross_entropy
 from ops.coke_state import CokeState
 from ops.distributed import gather_no_grad, rank
 
@@ -230,7 +230,7 @@ class CoKe(PretrainModule):
         if teacher is None:
             return hard
         w = self.method_cfg.clean_target_weight
-        soft_ce = torch.stack([-(t * F.log_softmax(h.float(), 1)).sum(1).mean() for t, h in zip(teacher, logits)])
+        soft_ce = torch.stack([soft_cross_entropy(h, t) for t, h in zip(teacher, logits)])
         return (1 - w) * hard + w * soft_ce.mean()
 
     def two_view_loss(self, logits: list[list[torch.Tensor]], labels: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -242,7 +242,7 @@ class CoKe(PretrainModule):
             teachers = [1 - v] if v < 2 else [0, 1]
             one_hot = self.hard_ce(view_logits, labels, batch)
             swapped = torch.stack([
-                -(soft[t][head] * F.log_softmax(h.float(), 1)).sum(1).mean()
+                soft_cross_entropy(h, soft[t][head])
                 for t in teachers for head, h in enumerate(view_logits)
             ]).mean()
             total, terms = total + alpha * one_hot + (1 - alpha) * swapped, terms + 1
