@@ -54,6 +54,9 @@ class AugmentConfig:
     kind: str = "simclr"  # simclr | byol | multicrop
     num_large_crops: int = 2  # 1 for one-view methods (CoKe one view, supervised baselines)
     crop_size: int = 32
+    # Side of the training large crops; 0: crop_size. Smaller views are cheaper steps; evaluation and the clean view
+    # keep crop_size (train low, test high: see benchmarks/RESULTS.md).
+    view_size: int = 0
     min_scale: float = 0.2
     max_scale: float = 1.0
     num_small_crops: int = 0

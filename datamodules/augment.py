@@ -55,13 +55,14 @@ class ViewAugmenter(nn.Module):
         large_scale = (cfg.min_scale, cfg.max_scale)
         blur = 1.0 if cfg.gaussian_blur else 0.0
         jitter = cfg.color_jitter_strength
+        size = cfg.view_size or cfg.crop_size
         if cfg.kind == "byol":
             pipes = [
-                view_pipeline(cfg.crop_size, large_scale, jitter, blur_p=1.0 if cfg.gaussian_blur else 0.0, solarize_p=0.0),
-                view_pipeline(cfg.crop_size, large_scale, jitter, blur_p=0.1 if cfg.gaussian_blur else 0.0, solarize_p=0.2),
+                view_pipeline(size, large_scale, jitter, blur_p=1.0 if cfg.gaussian_blur else 0.0, solarize_p=0.0),
+                view_pipeline(size, large_scale, jitter, blur_p=0.1 if cfg.gaussian_blur else 0.0, solarize_p=0.2),
             ]
         elif cfg.kind in ("simclr", "multicrop"):
-            pipes = [view_pipeline(cfg.crop_size, large_scale, jitter, blur_p=0.5 * blur, solarize_p=0.0) for _ in range(2)]
+            pipes = [view_pipeline(size, large_scale, jitter, blur_p=0.5 * blur, solarize_p=0.0) for _ in range(2)]
         else:
             raise ValueError(f"unknown augment.kind `{cfg.kind}`; use simclr, byol or multicrop")
         if not 1 <= cfg.num_large_crops <= 2:

@@ -15,6 +15,7 @@ from lightning_modules.coke_init import kmeans_initialise
 from lightning_modules.momentum import MomentumEncoder
 from ops.coke_losses import coke_view_loss, soft_cross_entropy
 from ops.coke_state import CokeState
+from ops.contrastive import moco_v3_loss
 from ops.distributed import gather_no_grad, rank
 
 
@@ -61,6 +62,11 @@ class CoKeConfig(MethodConfig):
     # view also learns the clean image's distribution over clusters, not only its hard label. 0: the paper's loss.
     clean_target_weight: float = 0.0
     clean_target_temperature: float = 0.05
+    # assign_on=clean: weight of an instance-level term next to the cluster targets, MoCo v3's InfoNCE between the
+    # view's predictor output and the clean images' projections (no grad; the other images of the batch are the
+    # negatives). It uses the clean forward the assignment already paid for. 0: the paper's loss.
+    clean_contrast_weight: float = 0.0
+    clean_contrast_temperature: float = 0.2
 
 
 # The options that name a rule, and their values (the first is the default).
@@ -107,6 +113,9 @@ class CoKe(PretrainModule):
         if m.clean_target_weight and m.assign_on != "clean":
             raise ValueError("method.clean_target_weight is a soft target from the clean image: set "
                              "method.assign_on=clean (and augment.clean_view=true), or clean_target_weight=0")
+        if m.clean_contrast_weight and m.assign_on != "clean":
+            raise ValueError("method.clean_contrast_weight contrasts the view with the clean image: set "
+                             "method.assign_on=clean (and augment.clean_view=true), or clean_contrast_weight=0")
         # Built after the projection, so it copies both.
         self.assign_encoder = MomentumEncoder(self.backbone, self.projection) if m.assign_momentum else None
         # Labels of every training instance, filled as batches pass: for the NMI dashboard only.
@@ -205,6 +214,10 @@ class CoKe(PretrainModule):
             loss = sum(self.one_view_ce(lg, labels, batch, soft, teacher) for lg in logits) / len(logits)
             if m.beta and self.prediction is not None:
                 loss = loss + m.beta * self.one_view_ce(self.head_logits(z[0]), labels, batch, soft, teacher)
+            if m.clean_contrast_weight:
+                contrast = moco_v3_loss(outputs[0], assigned, m.clean_contrast_temperature)
+                self.log("train/clean_contrast", contrast)
+                loss = loss + m.clean_contrast_weight * contrast
         elif m.view_loss == "faithful":
             proj_logits = [self.head_logits(zi) for zi in z]
             loss = coke_view_loss(logits, proj_logits, labels, alpha=m.alpha, large_weight=m.large_crop_weight)

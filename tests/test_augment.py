@@ -59,3 +59,11 @@ def test_eval_transform_is_deterministic_normalised(images):
     assert out.mean().abs() < 0.3 and 0.7 < out.std() < 1.3
     big = EvalTransform(augment_cfg("augment.eval_resize=40", "augment.crop_size=36"))(images)
     assert big.shape == (64, 3, 36, 36)
+
+
+def test_view_size_shrinks_the_training_views_only(images):
+    cfg = augment_cfg("augment.view_size=24", "augment.num_small_crops=2", "augment.small_crop_size=16")
+    views = ViewAugmenter(cfg)(images)
+    assert [v.shape[-1] for v in views] == [24, 24, 16, 16]
+    assert EvalTransform(cfg)(images).shape == (64, 3, 32, 32)  # evaluation (and the clean view) keep crop_size
+    assert [v.shape[-1] for v in ViewAugmenter(augment_cfg())(images)] == [32, 32]  # 0: crop_size

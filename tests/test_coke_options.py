@@ -180,3 +180,35 @@ def test_clean_target_weight_needs_the_clean_assignment(cifar10_tar, cache_dir):
 
     with pytest.raises(ValueError, match="method.assign_on=clean"):
         build(ONE_VIEW, cifar10_tar, cache_dir, "method.clean_target_weight=0.5")
+
+
+def test_clean_contrast_weight_adds_an_infonce_of_the_view_against_the_clean_images(cifar10_tar, cache_dir):
+    from test_coke_module import ONE_VIEW, build
+
+    w, t = 0.7, 0.2
+    common = ("augment.clean_view=true", "method.assign_on=clean")
+    model, datamodule = build(ONE_VIEW, cifar10_tar, cache_dir, *common, f"method.clean_contrast_weight={w}",
+                              f"method.clean_contrast_temperature={t}")
+    plain, _ = build(ONE_VIEW, cifar10_tar, cache_dir, *common)
+    plain.load_state_dict(model.state_dict())
+    batch = next(iter(datamodule.train_dataloader()))
+    batch["views"] = datamodule.augment(batch["image"])
+    batch["clean_view"] = datamodule.eval_transform(batch["image"])
+    model.train(), plain.train()
+    with torch.no_grad():
+        # Two copies of the same state: the difference of the losses is the contrastive term alone.
+        loss = model.training_loss(batch, model.encode_views(batch["views"]))
+        without = plain.training_loss(batch, plain.encode_views(batch["views"]))
+        student = F.normalize(model.prediction(model.projection(model(batch["views"][0]))), dim=1)
+        clean = F.normalize(model.projection(model(batch["clean_view"])), dim=1)
+        # Image i's positive is its own clean image; the batch's other clean images are its negatives.
+        infonce = F.cross_entropy(student @ clean.T / t, torch.arange(len(student))) * 2 * t
+    assert infonce > 0.5  # a real term: far from matched at initialisation
+    torch.testing.assert_close(loss - without, w * infonce, atol=1e-5, rtol=1e-5)
+
+
+def test_clean_contrast_weight_needs_the_clean_assignment(cifar10_tar, cache_dir):
+    from test_coke_module import ONE_VIEW, build
+
+    with pytest.raises(ValueError, match="method.assign_on=clean"):
+        build(ONE_VIEW, cifar10_tar, cache_dir, "method.clean_contrast_weight=1.0")
