@@ -57,6 +57,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "method.kmeans_iterations": (1, INF, "k-means iterations"),
     "method.clean_target_weight": (0, 1, "the soft target's weight in [0, 1]"),
     "method.clean_target_temperature": (1e-12, INF, "a positive temperature"),
+    "method.clean_target_sinkhorn": (0, INF, "Sinkhorn iterations (0: a plain softmax)"),
     "method.clean_contrast_weight": (0, INF, "a non-negative weight"),
     "method.clean_contrast_temperature": (1e-12, INF, "a positive temperature"),
     "sea.epochs": (1, INF, "epochs"),

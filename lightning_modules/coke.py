@@ -15,6 +15,7 @@ from lightning_modules.coke_init import kmeans_initialise
 from lightning_modules.momentum import MomentumEncoder
 from ops.coke_losses import coke_view_loss, soft_cross_entropy
 from ops.coke_state import CokeState
+from ops.sinkhorn import sinkhorn
 from ops.contrastive import moco_v3_loss
 from ops.distributed import gather_no_grad, rank
 
@@ -62,6 +63,9 @@ class CoKeConfig(MethodConfig):
     # view also learns the clean image's distribution over clusters, not only its hard label. 0: the paper's loss.
     clean_target_weight: float = 0.0
     clean_target_temperature: float = 0.05
+    # > 0: that many Sinkhorn-Knopp iterations balance the soft target over the batch's clusters (SwAV's codes, with
+    # clean_target_temperature as epsilon), so it cannot put the whole batch in a few clusters. 0: a plain softmax.
+    clean_target_sinkhorn: int = 0
     # assign_on=clean: weight of an instance-level term next to the cluster targets, MoCo v3's InfoNCE between the
     # view's predictor output and the clean images' projections (no grad; the other images of the batch are the
     # negatives). It uses the clean forward the assignment already paid for. 0: the paper's loss.
@@ -231,8 +235,9 @@ class CoKe(PretrainModule):
 
     def clean_targets(self, clean: torch.Tensor) -> list[torch.Tensor]:
         """Per head, the clean image's softmax over the loss centres (no grad): the soft target of clean_target_weight."""
+        m = self.method_cfg
         centers = self.clustering.loss_centers().to(clean.dtype)
-        return [F.softmax(clean @ c.T / self.method_cfg.clean_target_temperature, dim=1).float()
+        return [sinkhorn(clean @ c.T, m.clean_target_temperature, m.clean_target_sinkhorn)
                 for c in self.clustering.split_heads(centers)]
 
     def one_view_ce(self, logits: list[torch.Tensor], labels: torch.Tensor, batch: dict,

@@ -142,12 +142,23 @@ def test_proj_last_bn_false_ends_the_projection_with_a_linear_layer(cifar10_tar,
     assert isinstance(without.projection[-1], torch.nn.Linear) and without.projection[-1].bias is not None
 
 
-def test_clean_target_weight_mixes_the_clean_images_soft_assignment_into_the_loss(cifar10_tar, cache_dir):
+def swav_codes(scores: torch.Tensor, epsilon: float, iterations: int) -> torch.Tensor:
+    """SwAV's Sinkhorn-Knopp written plainly (exp, then alternate column and row sums); 0 iterations: a softmax."""
+    q = torch.exp(scores / epsilon)
+    for _ in range(iterations):
+        q = q / q.sum(0, keepdim=True)  # every cluster the same mass over the batch
+        q = q / q.sum(1, keepdim=True)  # every image's row sums to one
+    return q / q.sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize("iterations", [0, 3])
+def test_clean_target_weight_mixes_the_clean_images_soft_assignment_into_the_loss(iterations, cifar10_tar, cache_dir):
     from test_coke_module import ONE_VIEW, build
 
     w, teacher_t = 0.4, 0.05
     model, datamodule = build(ONE_VIEW, cifar10_tar, cache_dir, "augment.clean_view=true", "method.assign_on=clean",
-                              f"method.clean_target_weight={w}", f"method.clean_target_temperature={teacher_t}")
+                              f"method.clean_target_weight={w}", f"method.clean_target_temperature={teacher_t}",
+                              f"method.clean_target_sinkhorn={iterations}")
     state = model.clustering
     generator = torch.Generator().manual_seed(3)
     centres = F.normalize(torch.randn(state.centers.shape, generator=generator), dim=1)
@@ -169,7 +180,11 @@ def test_clean_target_weight_mixes_the_clean_images_soft_assignment_into_the_los
             c = centres[start:start + k]
             start += k
             logits = student @ c.T / model.temperature
-            target = F.softmax(clean @ c.T / teacher_t, dim=1)
+            target = swav_codes(clean @ c.T, teacher_t, iterations)
+            if iterations:  # a different target from the softmax, with the clusters' masses closer to B/K
+                plain = F.softmax(clean @ c.T / teacher_t, 1)
+                off_share = lambda q: (q.sum(0) - len(q) / k).abs().max()  # noqa: E731
+                assert (target - plain).abs().max() > 1e-2 and off_share(target) < off_share(plain)
             soft_ce = -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
             expected.append((1 - w) * F.cross_entropy(logits, labels[batch["index"], head]) + w * soft_ce)
     torch.testing.assert_close(loss, torch.stack(expected).mean(), atol=1e-5, rtol=1e-5)
