@@ -60,6 +60,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "method.clean_target_sinkhorn": (0, INF, "Sinkhorn iterations (0: a plain softmax)"),
     "method.clean_contrast_weight": (0, INF, "a non-negative weight"),
     "method.clean_contrast_temperature": (1e-12, INF, "a positive temperature"),
+    "method.cluster_loss_weight": (0, INF, "a non-negative weight"),
     "sea.epochs": (1, INF, "epochs"),
     "sea.batch_size": (2, INF, "features per batch (SeA mixes the others of a batch)"),
     "sea.lrs": (1e-12, INF, "positive learning rates"),

@@ -71,6 +71,9 @@ class CoKeConfig(MethodConfig):
     # negatives). It uses the clean forward the assignment already paid for. 0: the paper's loss.
     clean_contrast_weight: float = 0.0
     clean_contrast_temperature: float = 0.2
+    # The cluster targets' weight in the one-view loss (1: the paper's). 0 with clean_contrast_weight > 0 is the
+    # ablation that keeps only the instance-level term, to measure what the clustering adds to it.
+    cluster_loss_weight: float = 1.0
 
 
 # The options that name a rule, and their values (the first is the default).
@@ -218,6 +221,7 @@ class CoKe(PretrainModule):
             loss = sum(self.one_view_ce(lg, labels, batch, soft, teacher) for lg in logits) / len(logits)
             if m.beta and self.prediction is not None:
                 loss = loss + m.beta * self.one_view_ce(self.head_logits(z[0]), labels, batch, soft, teacher)
+            loss = m.cluster_loss_weight * loss
             if m.clean_contrast_weight:
                 contrast = moco_v3_loss(outputs[0], assigned, m.clean_contrast_temperature)
                 self.log("train/clean_contrast", contrast)

@@ -220,6 +220,14 @@ def test_clean_contrast_weight_adds_an_infonce_of_the_view_against_the_clean_ima
         infonce = F.cross_entropy(student @ clean.T / t, torch.arange(len(student))) * 2 * t
     assert infonce > 0.5  # a real term: far from matched at initialisation
     torch.testing.assert_close(loss - without, w * infonce, atol=1e-5, rtol=1e-5)
+    # method.cluster_loss_weight scales the cluster targets only: at 0 the instance-level term is all that is left.
+    only, _ = build(ONE_VIEW, cifar10_tar, cache_dir, *common, f"method.clean_contrast_weight={w}",
+                    f"method.clean_contrast_temperature={t}", "method.cluster_loss_weight=0")
+    only.load_state_dict(model.state_dict())
+    only.train()
+    with torch.no_grad():
+        torch.testing.assert_close(only.training_loss(batch, only.encode_views(batch["views"])), w * infonce,
+                                   atol=1e-5, rtol=1e-5)
 
 
 def test_clean_contrast_weight_needs_the_clean_assignment(cifar10_tar, cache_dir):
