@@ -95,6 +95,9 @@ def test_quick_departures_beat_a_random_init_backbone_on_the_online_fine_probe(t
         "method.cluster_init=kmeans", "method.init_epochs=0", "method.beta=1.0", "augment.min_scale=0.5",
         "method.clean_target_weight=0.3", "optim.name=lars", "optim.lr=1.2")
     print(f"MEASURED coke_quick_gain_over_random={trained - random_init:.4f}")
+    # quick.yaml's instance-level term (method.clean_contrast_weight=10) is left out: at this budget, on the online
+    # probe, it measured +0.5, -0.5, +0.7, -0.6, +0.6 points at seeds 0-4 (benchmarks/RESULTS.md), so no gain could be
+    # asserted with it; its arithmetic is tested in test_coke_options.py.
     # Measured on cpu2 (benchmarks/RESULTS.md), COKE_TEST_SEED 0-4, in points: +1.0, +3.1, +2.0, +2.9, +3.3. Asserting
     # a gain at all leaves a margin of 1.0 point under the worst seed.
     assert trained > random_init, (trained, random_init)
