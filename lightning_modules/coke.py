@@ -15,9 +15,9 @@ from lightning_modules.coke_init import kmeans_initialise
 from lightning_modules.momentum import MomentumEncoder
 from ops.coke_losses import coke_view_loss, soft_cross_entropy
 from ops.coke_state import CokeState
-from ops.sinkhorn import sinkhorn
 from ops.contrastive import moco_v3_loss
 from ops.distributed import gather_no_grad, rank
+from ops.sinkhorn import sinkhorn
 
 
 @dataclass
