@@ -241,9 +241,6 @@ class CoKe(PretrainModule):
         """Per head, the clean image's softmax over the loss centres (no grad): the soft target of clean_target_weight."""
         m = self.method_cfg
         centers = self.clustering.loss_centers().to(clean.dtype)
-        if not m.clean_target_sinkhorn:  # the softmax itself, so runs without the option keep their arithmetic
-            return [F.softmax(clean @ c.T / m.clean_target_temperature, dim=1).float()
-                    for c in self.clustering.split_heads(centers)]
         return [sinkhorn(clean @ c.T, m.clean_target_temperature, m.clean_target_sinkhorn)
                 for c in self.clustering.split_heads(centers)]
 

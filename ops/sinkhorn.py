@@ -42,9 +42,9 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -
     Computed in float32 whatever the input dtype, without gradient. iterations=0 gives softmax(scores / epsilon).
     """
     log_q = scores.detach().float() / epsilon
+    if iterations == 0:  # torch's own softmax, so a caller without balancing keeps a plain softmax's exact arithmetic
+        return torch.softmax(log_q, dim=1)
     for _ in range(iterations):
         log_q = log_q - _stable_logsumexp(log_q, dim=0, across_ranks=True)
-        log_q = log_q - _stable_logsumexp(log_q, dim=1)
-    if iterations == 0:
         log_q = log_q - _stable_logsumexp(log_q, dim=1)
     return log_q.exp()
