@@ -17,7 +17,8 @@ Each row's checkpoint is then scored by evaluate.py on frozen backbone features,
 data set with the full train set as the kNN bank and the probe's training set: kNN top-1 (k=200, cosine, T=0.07)
 and the linear probe (lr and weight decay chosen on 10% of train), on fine and coarse labels. A ``random`` row
 (the same backbone at random init) is the reference every row is read against. The table is printed and written
-to <out>/budget.md, the per-row reports to <out>/<row>-seed<S>/eval/.
+to <out>/budget.md (and drawn in <out>/budget.png: linear against kNN, a point per seed), the per-row reports to
+<out>/<row>-seed<S>/eval/.
 
 ``--variant`` adds a named row: ``coke-t05=coke_cifar10:method.temperature=0.05`` (ablations of one method).
 """
@@ -43,6 +44,7 @@ import evaluate  # noqa: E402
 from benchmarks.time_to_accuracy import Budget  # noqa: E402
 from configs.loader import load_config, to_plain  # noqa: E402
 from datamodules import PretrainDataModule  # noqa: E402
+from lightning_modules.evaluation.figures import budget_plot  # noqa: E402
 from lightning_modules.registry import method_class, method_schemas  # noqa: E402
 
 # row -> (config, overrides of that row)
@@ -196,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
+    failed: list[str] = []
     if not args.no_random:
         for seed in args.seeds:
             row_out = out / f"random-seed{seed}"
@@ -214,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception:  # one failed row must not lose the others
                 traceback.print_exc()
                 print(f"row {row} seed {seed} failed", file=sys.stderr)
+                failed.append(f"{row} (seed {seed})")
                 continue
             results.append(table_row(row, seed, values, timing))
             print(markdown(results[-1:]) + f"\n({(time.perf_counter() - started) / 60:.1f} min with evaluation)",
@@ -225,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     text = header + "\n\n" + markdown(results)
     (out / "budget.md").write_text(text + "\n")
     print("\n" + text)
+    if budget_plot(results, out / "budget.png", header):
+        print(f"plot: {out / 'budget.png'}")
+    if failed:  # the table above holds the rows that finished; the exit code says it is incomplete
+        print(f"\n{len(failed)} row(s) failed, tracebacks above: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
