@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 
 import evaluate  # noqa: E402
 from benchmarks.time_to_accuracy import Budget  # noqa: E402
-from configs.loader import load_config, to_plain  # noqa: E402
+from configs.loader import ConfigError, load_config, to_plain  # noqa: E402
 from datamodules import PretrainDataModule  # noqa: E402
 from lightning_modules.evaluation.figures import budget_plot  # noqa: E402
 from lightning_modules.registry import method_class, method_schemas  # noqa: E402
@@ -107,10 +107,25 @@ def shared_overrides(args) -> list[str]:
     return out
 
 
+def row_config(config: str, extra: list[str], seed: int, args):
+    return load_config(REPO / "configs" / "pretrain" / f"{config}.yaml",
+                       [*shared_overrides(args), *extra, *args.overrides, f"seed={seed}"], method_schemas())
+
+
+def config_problems(args) -> list[str]:
+    """Every row's config resolved before anything trains: a bad key must not surface hours in, at its row."""
+    problems = []
+    for row, (config, extra) in args.row_specs.items():
+        try:
+            row_config(config, extra, args.seeds[0], args)
+        except ConfigError as error:
+            problems.append(f"row {row}: {error}")
+    return problems
+
+
 def pretrain(config: str, extra: list[str], seed: int, args, out: Path) -> dict:
     """Train one row for the budget; save its checkpoint; return its timing."""
-    cfg = load_config(REPO / "configs" / "pretrain" / f"{config}.yaml",
-                      [*shared_overrides(args), *extra, *args.overrides, f"seed={seed}"], method_schemas())
+    cfg = row_config(config, extra, seed, args)
     precision = args.precision or (str(cfg.trainer.get("precision", "bf16-mixed")) if args.device == "cuda" else "32")
     pl.seed_everything(seed)
     datamodule = PretrainDataModule(cfg.data, cfg.augment)
@@ -195,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    problems = config_problems(args)
+    if problems:
+        print("\n".join(problems) + "\nNothing was trained. `--set` goes to every row, so a key of one method only "
+              "belongs in that row's `--variant NAME=CONFIG:key=value`.", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []

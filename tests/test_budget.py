@@ -38,10 +38,24 @@ def test_two_rows_and_random_init_are_trained_scored_tabled_and_drawn(tmp_path, 
         assert (out / row / "eval" / "report.json").is_file()
 
 
-def test_a_failed_row_makes_the_exit_code_non_zero(tmp_path, capsys):
+def test_a_bad_key_in_any_row_stops_before_anything_trains_or_is_written(tmp_path, capsys):
     budget = load_benchmark("budget")
     out = tmp_path / "budget"
-    assert budget.main(["--minutes", "0.01", "--rows", "", "--no-random", "--variant",
-                        "broken=coke_cifar10:method.no_such_option=1", "--device", "cpu", "--out", str(out)]) == 1
-    assert "1 row(s) failed, tracebacks above: broken (seed 0)" in capsys.readouterr().err
-    assert (out / "budget.md").is_file()  # the (empty) table is still written
+    assert budget.main(["--minutes", "0.01", "--rows", "simclr", "--variant", "broken=coke_cifar10:method.no_such_option=1",
+                        "--device", "cpu", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "row broken: unknown config key `method.no_such_option`" in err and "Nothing was trained" in err
+    assert "row simclr" not in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_a_row_that_fails_while_running_is_named_and_the_exit_code_is_non_zero(tmp_path, cifar10_tar, cache_dir, capsys):
+    """The rows that finished are still tabled; a bad evaluate.py key only fails once a row is scored."""
+    budget = load_benchmark("budget")
+    out = tmp_path / "budget"
+    data = [f"data.path={cifar10_tar}", f"data.cache_dir={cache_dir}"]
+    assert budget.main(["--minutes", "0.01", "--rows", "simclr", "--no-random", "--backbone", "test_resnet",
+                        "--batch-size", "64", "--subset", "10", "--device", "cpu", "--out", str(out),
+                        "--set", *data, "model.proj_hidden_dim=64", "--eval-set", *data, "linear.no_such_option=1"]) == 1
+    assert "1 row(s) failed, tracebacks above: simclr (seed 0)" in capsys.readouterr().err
+    assert (out / "budget.md").is_file()
