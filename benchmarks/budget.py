@@ -25,6 +25,8 @@ to <out>/budget.md (and drawn in <out>/budget.png: linear against kNN, a point p
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import re
 import statistics
@@ -113,13 +115,18 @@ def row_config(config: str, extra: list[str], seed: int, args):
 
 
 def config_problems(args) -> list[str]:
-    """Every row's config resolved before anything trains: a bad key must not surface hours in, at its row."""
+    """Every row's config, and evaluate.py's, resolved before anything trains: a bad key must not surface hours in."""
     problems = []
     for row, (config, extra) in args.row_specs.items():
         try:
             row_config(config, extra, args.seeds[0], args)
         except ConfigError as error:
             problems.append(f"row {row}: {error}")
+    printed, errors = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
+        status = evaluate.main(["random", *EVAL, *args.eval_overrides, "--print-config"])
+    if status != 0:
+        problems.append(f"--eval-set: {errors.getvalue().strip().removeprefix('error: ')}")
     return problems
 
 
@@ -213,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     problems = config_problems(args)
     if problems:
         print("\n".join(problems) + "\nNothing was trained. `--set` goes to every row, so a key of one method only "
-              "belongs in that row's `--variant NAME=CONFIG:key=value`.", file=sys.stderr)
+              "belongs in that row's `--variant NAME=CONFIG:key=value`; `--eval-set` goes to evaluate.py.", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

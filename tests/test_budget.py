@@ -42,20 +42,22 @@ def test_a_bad_key_in_any_row_stops_before_anything_trains_or_is_written(tmp_pat
     budget = load_benchmark("budget")
     out = tmp_path / "budget"
     assert budget.main(["--minutes", "0.01", "--rows", "simclr", "--variant", "broken=coke_cifar10:method.no_such_option=1",
-                        "--device", "cpu", "--out", str(out)]) == 2
+                        "--device", "cpu", "--out", str(out), "--eval-set", "linear.no_such_option=1"]) == 2
     err = capsys.readouterr().err
     assert "row broken: unknown config key `method.no_such_option`" in err and "Nothing was trained" in err
+    assert "--eval-set: unknown config key `linear.no_such_option`" in err
     assert "row simclr" not in err and "Traceback" not in err
     assert not out.exists()
 
 
 def test_a_row_that_fails_while_running_is_named_and_the_exit_code_is_non_zero(tmp_path, cifar10_tar, cache_dir, capsys):
-    """The rows that finished are still tabled; a bad evaluate.py key only fails once a row is scored."""
+    """The rows that finished are still tabled; missing evaluation data only shows once a row is scored."""
     budget = load_benchmark("budget")
     out = tmp_path / "budget"
     data = [f"data.path={cifar10_tar}", f"data.cache_dir={cache_dir}"]
     assert budget.main(["--minutes", "0.01", "--rows", "simclr", "--no-random", "--backbone", "test_resnet",
                         "--batch-size", "64", "--subset", "10", "--device", "cpu", "--out", str(out),
-                        "--set", *data, "model.proj_hidden_dim=64", "--eval-set", *data, "linear.no_such_option=1"]) == 1
+                        "--set", *data, "model.proj_hidden_dim=64", "--eval-set", f"data.path={tmp_path / 'missing.tar.gz'}",
+                        f"data.cache_dir={cache_dir}"]) == 1
     assert "1 row(s) failed, tracebacks above: simclr (seed 0)" in capsys.readouterr().err
     assert (out / "budget.md").is_file()
