@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     problems = config_problems(args)
     if problems:
         print("\n".join(problems) + "\nNothing was trained. `--set` goes to every row, so a key of one method only "
-              "belongs in that row's `--variant NAME=CONFIG:key=value`; `--eval-set` goes to evaluate.py.", file=sys.stderr)
+              "belongs in that row's `--variant NAME=CONFIG:key=value`; `--eval-set` goes to evaluate.py.",
+              file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -14,9 +14,11 @@ def test_two_rows_and_random_init_are_trained_scored_tabled_and_drawn(tmp_path, 
     budget = load_benchmark("budget")
     data = [f"data.path={cifar10_tar}", f"data.cache_dir={cache_dir}"]
     out = tmp_path / "budget"
+    small_coke = "coke-small=coke_cifar10:method.num_clusters=[10,20],optim.lr=0.4"
     assert budget.main([
-        "--minutes", "0.05", "--rows", "simclr", "--variant", "coke-small=coke_cifar10:method.num_clusters=[10,20],optim.lr=0.4", "--seeds", "0", "--backbone", "test_resnet", "--batch-size", "64",
-        "--subset", "20", "--device", "cpu", "--out", str(out),
+        "--minutes", "0.05", "--rows", "simclr", "--variant", small_coke,
+        "--seeds", "0", "--backbone", "test_resnet", "--batch-size", "64", "--subset", "20", "--device", "cpu",
+        "--out", str(out),
         "--set", *data, "model.proj_hidden_dim=128", "model.pred_hidden_dim=128",
         "--eval-set", *data, "data.subset=20", "data.eval_subset=10", "linear.epochs=5", "data.num_workers=0",
     ]) == 0
@@ -41,7 +43,8 @@ def test_two_rows_and_random_init_are_trained_scored_tabled_and_drawn(tmp_path, 
 def test_a_bad_key_in_any_row_stops_before_anything_trains_or_is_written(tmp_path, capsys):
     budget = load_benchmark("budget")
     out = tmp_path / "budget"
-    assert budget.main(["--minutes", "0.01", "--rows", "simclr", "--variant", "broken=coke_cifar10:method.no_such_option=1",
+    assert budget.main(["--minutes", "0.01", "--rows", "simclr",
+                        "--variant", "broken=coke_cifar10:method.no_such_option=1",
                         "--device", "cpu", "--out", str(out), "--eval-set", "linear.no_such_option=1"]) == 2
     err = capsys.readouterr().err
     assert "row broken: unknown config key `method.no_such_option`" in err and "Nothing was trained" in err
@@ -50,14 +53,15 @@ def test_a_bad_key_in_any_row_stops_before_anything_trains_or_is_written(tmp_pat
     assert not out.exists()
 
 
-def test_a_row_that_fails_while_running_is_named_and_the_exit_code_is_non_zero(tmp_path, cifar10_tar, cache_dir, capsys):
+def test_a_row_that_fails_while_running_is_named_and_the_exit_code_is_non_zero(tmp_path, cifar10_tar, cache_dir,
+                                                                                capsys):
     """The rows that finished are still tabled; missing evaluation data only shows once a row is scored."""
     budget = load_benchmark("budget")
     out = tmp_path / "budget"
     data = [f"data.path={cifar10_tar}", f"data.cache_dir={cache_dir}"]
     assert budget.main(["--minutes", "0.01", "--rows", "simclr", "--no-random", "--backbone", "test_resnet",
                         "--batch-size", "64", "--subset", "10", "--device", "cpu", "--out", str(out),
-                        "--set", *data, "model.proj_hidden_dim=64", "--eval-set", f"data.path={tmp_path / 'missing.tar.gz'}",
-                        f"data.cache_dir={cache_dir}"]) == 1
+                        "--set", *data, "model.proj_hidden_dim=64",
+                        "--eval-set", f"data.path={tmp_path / 'missing.tar.gz'}", f"data.cache_dir={cache_dir}"]) == 1
     assert "1 row(s) failed, tracebacks above: simclr (seed 0)" in capsys.readouterr().err
     assert (out / "budget.md").is_file()

@@ -1,6 +1,7 @@
 """The report's figures (matplotlib, no display): the label-efficiency curve and the 2-D map of the features."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Optional
 
@@ -94,8 +95,6 @@ def feature_map(xy: np.ndarray, fine: np.ndarray, coarse: np.ndarray, class_name
 def budget_plot(rows: list[dict], path: Path, title: str = "") -> Optional[Path]:
     """benchmarks/budget.py's table as one picture: linear against kNN-200 (fine), a colour per row, its seeds as
     small dots and their mean as a large one, the legend giving each row's throughput; random init as a grey cross."""
-    import textwrap
-
     scored = [r for r in rows if np.isfinite(r["kNN-200 fine"]) and np.isfinite(r["linear fine"])]
     if not scored:
         return None
