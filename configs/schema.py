@@ -43,6 +43,10 @@ class DataConfig:
     # decoded: decode once into a cached uint8 array (small data sets). jpeg: loader workers read encoded bytes
     # only and each batch is decoded after the transfer, on the GPU with nvjpeg (ImageNet scale).
     format: str = "decoded"
+    # Where batches come from (format=decoded). device: the decoded set lives on the training device and a batch is an
+    # index draw there (no workers, pinning or copies). workers: a DataLoader with num_workers. auto: device when the
+    # set takes under half the device's free memory (always on the CPU), else workers.
+    loader: str = "auto"
     decode_device: str = "auto"  # format=jpeg: auto (where the batch is) | cpu | cuda
     download: bool = True  # try torchvision's download when the data is missing
     cache_dir: str = field(default_factory=default_cache_dir)

@@ -8,12 +8,14 @@ from dataclasses import dataclass
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader
 
 from datamodules.augment import EvalTransform, ViewAugmenter
 from datamodules.datasets import ImageDataset, LabeledImages, collate_batched, per_class_rows, split_off_validation
+from datamodules.device_loader import DeviceBatches, fits_on_device
 from datamodules.discovery import load_split
 from datamodules.jpeg_stream import BatchDecoder, JpegDataset, load_jpeg_split
+from datamodules.sampling import EpochSeededSampler
 
 log = logging.getLogger(__name__)
 
@@ -21,27 +23,6 @@ log = logging.getLogger(__name__)
 def available_cores() -> int:
     """The cores this process may run on (its affinity mask: a container's or a SLURM task's share)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-class EpochSeededSampler(RandomSampler):
-    """A shuffle that depends only on (seed, epoch), so a resumed run sees the same order.
-
-    Under DDP Lightning swaps this (a RandomSampler) for a DistributedSampler seeded the same way.
-    """
-
-    def __init__(self, size: int, seed: int):
-        super().__init__(range(size))
-        self.size, self.seed, self.epoch = size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
 
 
 @dataclass
@@ -67,6 +48,9 @@ class PretrainDataModule(pl.LightningDataModule):
         self.eval_transform = EvalTransform(augment_cfg)
         if data_cfg.format not in ("decoded", "jpeg"):
             raise ValueError(f"unknown data.format `{data_cfg.format}`; use decoded (cached arrays) or jpeg (GPU decode)")
+        if data_cfg.loader not in ("auto", "device", "workers"):
+            raise ValueError(f"unknown data.loader `{data_cfg.loader}`; use auto, device (the data set on the training "
+                             "device) or workers (a DataLoader with data.num_workers)")
         self.decoder = BatchDecoder(data_cfg.image_size, data_cfg.decode_device, data_cfg.skip_corrupt)
 
     def setup(self, stage: str | None = None) -> None:
@@ -116,15 +100,35 @@ class PretrainDataModule(pl.LightningDataModule):
             collate_fn=collate_batched,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.cfg.batch_size, train=True)
+    def device_resident(self, dataset) -> torch.device | None:
+        """The device to keep ``dataset`` on, or None for the worker path (``data.loader``)."""
+        trainer = getattr(self, "trainer", None)
+        if self.cfg.loader == "workers" or trainer is None or not isinstance(dataset, ImageDataset):
+            return None
+        device = trainer.strategy.root_device
+        if self.cfg.loader == "auto" and not fits_on_device(dataset, device):
+            log.info("data.loader=auto: %d MB of images do not fit the device; loader workers instead",
+                     dataset.images.nbytes >> 20)
+            return None
+        return device
 
-    def val_dataloader(self) -> DataLoader:
+    def _batches(self, dataset, batch_size: int, train: bool):
+        device = self.device_resident(dataset)
+        if device is None:
+            return self._loader(dataset, batch_size, train)
+        trainer = self.trainer
+        return DeviceBatches(dataset, batch_size, device, shuffle=train, seed=self.cfg.seed,
+                             rank=trainer.global_rank, world_size=trainer.world_size)
+
+    def train_dataloader(self):
+        return self._batches(self.train_set, self.cfg.batch_size, train=True)
+
+    def val_dataloader(self):
         """Online-probe evaluation: the held-out validation split when there is one, else test."""
-        return self._loader(self.val_set or self.test_set, self.cfg.eval_batch_size, train=False)
+        return self._batches(self.val_set or self.test_set, self.cfg.eval_batch_size, train=False)
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, self.cfg.eval_batch_size, train=False)
+    def test_dataloader(self):
+        return self._batches(self.test_set, self.cfg.eval_batch_size, train=False)
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int = 0) -> dict:
         if "jpeg" in batch:
