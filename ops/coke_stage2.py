@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .coke_update import update_clusters_, update_running_means_
+
 
 def faithful_slot_update(labels: torch.Tensor, weights: torch.Tensor, new_labels: torch.Tensor,
                          fraction: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,3 +65,148 @@ def moving_average_centers(averaged: torch.Tensor, epoch_centers: torch.Tensor,
                            fraction: torch.Tensor | float) -> torch.Tensor:
     """normalize((1 - f) * C_avg + f * normalize(C_epoch)), row-wise."""
     return F.normalize((1 - fraction) * averaged + fraction * F.normalize(epoch_centers, dim=1), dim=1)
+
+
+class Stage1(torch.nn.Module):
+    """No last stage (stage2_epochs = 0), and the rules every strategy follows before its stage begins: assign and
+    update against the online centres, freeze them for the loss at each epoch end. Holds no buffers."""
+
+    started = False  # host flag: `CokeState.step` never reads a device value to pick its branch
+
+    def begin(self) -> None:
+        raise RuntimeError("stage 2 needs stage2_slots > 0 and a stage-2 rule at construction")
+
+    def assign_centers(self, state) -> torch.Tensor:
+        return state.centers
+
+    def update_centers(self, state, x, labels, counts, target, kernel: str) -> None:
+        update_clusters_(x, labels, counts, state.centers, state.counters, state.duals, target,
+                         dual_lr=state.dual_lr, clamp=state.ratio < 1.0, kernel=kernel)
+
+    def record(self, index: torch.Tensor, new_labels: torch.Tensor) -> None:
+        pass
+
+    def end_epoch(self, state) -> None:
+        state.prev_centers.copy_(state.centers)
+
+    def loss_centers(self, state) -> torch.Tensor:
+        return state.prev_centers
+
+    def slot_weights_of(self, index: torch.Tensor, head: int) -> torch.Tensor:
+        raise RuntimeError("no stage-2 slots: stage2_epochs is 0")
+
+
+class _Slots(Stage1):
+    """Buffers both rules share: per instance and head, `slots` labels; whether the stage began; its epochs ended."""
+
+    def __init__(self, num_instances: int, num_heads: int, slots: int):
+        super().__init__()
+        self.register_buffer("slot_labels", torch.full((num_instances, num_heads, slots), -1, dtype=torch.int32))
+        self.register_buffer("stage2_started", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("center_epochs", torch.zeros((), dtype=torch.int64))  # stage-2 epochs ended
+        self.register_load_state_dict_post_hook(lambda module, keys: module._mirror_started())
+        self.started = False
+
+    def _mirror_started(self) -> None:
+        self.started = bool(self.stage2_started)
+
+    @torch.no_grad()
+    def begin(self) -> None:
+        self.slot_labels.fill_(-1)
+        self.center_epochs.zero_()
+        self.stage2_started.fill_(True)
+        self.started = True
+
+
+class OfficialStage2(_Slots):
+    """stage2_rule=faithful, the official code's last stage: from `begin`, batches are assigned against the averaged
+    centres C_avg (`prev_centers`, fixed within the epoch), the online centres are exact running means, and at each
+    epoch end C_avg <- normalize((1 - f) C_avg + f normalize(C_epoch)) with f = 1 / (stage-2 epochs so far); the
+    slot weights are the running average of one-hots (`faithful_slot_update`)."""
+
+    def __init__(self, num_instances: int, num_heads: int, slots: int):
+        super().__init__(num_instances, num_heads, slots)
+        self.register_buffer("slot_weights", torch.zeros(num_instances, num_heads, slots))
+
+    def fraction(self) -> torch.Tensor:
+        """f = 1 / (stage-2 epochs so far, the current one included), as a device scalar."""
+        return 1.0 / (self.center_epochs + 1).to(torch.float32)
+
+    def begin(self) -> None:
+        super().begin()
+        self.slot_weights.zero_()
+
+    def assign_centers(self, state) -> torch.Tensor:
+        return state.prev_centers if self.started else state.centers
+
+    def update_centers(self, state, x, labels, counts, target, kernel: str) -> None:
+        if not self.started:
+            return super().update_centers(state, x, labels, counts, target, kernel)
+        update_running_means_(x, labels, counts, state.centers, state.counters, state.duals, target, state.offsets,
+                              dual_lr=state.dual_lr, clamp=state.ratio < 1.0)
+
+    def record(self, index: torch.Tensor, new_labels: torch.Tensor) -> None:
+        if self.started:  # copies of one id carry the same label; they all write the same result once
+            labels, weights = faithful_slot_update(self.slot_labels[index], self.slot_weights[index], new_labels,
+                                                   self.fraction())
+            self.slot_labels[index], self.slot_weights[index] = labels, weights
+
+    def end_epoch(self, state) -> None:
+        if not self.started:
+            return super().end_epoch(state)
+        state.prev_centers.copy_(moving_average_centers(state.prev_centers, state.centers, self.fraction()))
+        state.centers.copy_(state.prev_centers)
+        self.center_epochs += 1
+
+    def slot_weights_of(self, index: torch.Tensor, head: int) -> torch.Tensor:
+        return self.slot_weights[index, head]
+
+
+class EarlierStage2(_Slots):
+    """stage2_rule=legacy, this project's earlier last stage: assignment and centres as in stage 1; slot weights
+    are label counts over the instance's steps (`legacy_slot_update`); the loss centres are the normalised sum of
+    the stage-2 epochs' centres."""
+
+    def __init__(self, num_instances: int, num_heads: int, slots: int, num_clusters: int, dim: int):
+        super().__init__(num_instances, num_heads, slots)
+        self.register_buffer("slot_counts", torch.zeros(num_instances, num_heads, slots))
+        self.register_buffer("slot_steps", torch.zeros(num_instances))
+        self.register_buffer("center_sum", torch.zeros(num_clusters, dim))
+
+    def begin(self) -> None:
+        super().begin()
+        self.slot_counts.zero_()
+        self.slot_steps.zero_()
+        self.center_sum.zero_()
+
+    def record(self, index: torch.Tensor, new_labels: torch.Tensor) -> None:
+        labels, counts = legacy_slot_update(self.slot_labels[index], self.slot_counts[index], new_labels)
+        self.slot_labels[index], self.slot_counts[index] = labels, counts
+        self.slot_steps[index] = self.slot_steps[index] + 1
+
+    def end_epoch(self, state) -> None:
+        super().end_epoch(state)
+        self.center_sum += state.centers
+        self.center_epochs += 1
+
+    def loss_centers(self, state) -> torch.Tensor:
+        return torch.where(self.center_epochs > 0, F.normalize(self.center_sum, dim=1), state.prev_centers)
+
+    def slot_weights_of(self, index: torch.Tensor, head: int) -> torch.Tensor:
+        return self.slot_counts[index, head] / self.slot_steps[index].clamp_min(1).unsqueeze(1)
+
+
+STAGE2_RULES = {"faithful": OfficialStage2, "legacy": EarlierStage2}
+STAGE2_BUFFERS = ("slot_labels", "stage2_started", "center_epochs", "slot_weights", "slot_counts", "slot_steps",
+                  "center_sum")
+
+
+def stage2_strategy(rule: str, slots: int, num_instances: int, num_clusters: int, dim: int, num_heads: int) -> Stage1:
+    """The strategy object of a rule name; `Stage1` when there are no slots (no last stage)."""
+    if rule not in STAGE2_RULES:
+        raise ValueError(f"stage2_rule must be one of {tuple(STAGE2_RULES)}, got {rule!r}")
+    if slots <= 0:
+        return Stage1()
+    if rule == "faithful":
+        return OfficialStage2(num_instances, num_heads, slots)
+    return EarlierStage2(num_instances, num_heads, slots, num_clusters, dim)

@@ -17,15 +17,9 @@ Rules this module fixes (the design leaves them open):
   r * N_c / K_c holds inside each superclass.
 - Stage 2 (one view, last stage), when `stage2_slots` > 0: every instance keeps, per head, up to
   S (label, weight) slots, and the soft target is softmax(weight / T) over the slots with weight > 0.
-  Call `begin_stage2()` when the last stage starts. `stage2_rule` picks the rules (ops/coke_stage2.py):
-  - "faithful" (the official code): batches are assigned against the averaged centres C_avg, which are
-    also the loss centres and stay fixed within an epoch (`prev_centers` holds them); the online centres
-    are the exact running mean of the epoch's members, not renormalised; at the epoch end, with
-    f = 1 / (stage-2 epochs so far), C_avg <- normalize((1 - f) C_avg + f normalize(C_epoch)) and the
-    online centres restart from C_avg. Slot weights are the running average of one-hots, renormalised
-    on eviction.
-  - "legacy": assignment and centres as in stage 1; slot weights are label counts over the instance's
-    stage-2 steps; the loss centres are the normalised sum of the stage-2 epochs' centres.
+  Call `begin_stage2()` when the last stage starts. `stage2_rule` names the strategy object that owns
+  the slots and changes the assignment and the centres (ops/coke_stage2.py: "faithful" is the official
+  code's `OfficialStage2`, "legacy" this project's earlier `EarlierStage2`); it lives at `self.stage2`.
 """
 from __future__ import annotations
 
@@ -35,10 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .assign import assign, to_local_labels
-from .coke_stage2 import faithful_slot_update, legacy_slot_update, moving_average_centers, slot_soft_targets
-from .coke_update import update_clusters_, update_running_means_
-
-STAGE2_RULES = ("faithful", "legacy")
+from .coke_stage2 import STAGE2_BUFFERS, slot_soft_targets, stage2_strategy
 
 
 def partition_clusters(num_clusters: int, superclass_sizes: Sequence[int]) -> list[int]:
@@ -72,8 +63,11 @@ def _segments(offsets: list[int]) -> list[slice]:
     return [slice(lo, hi) for lo, hi in zip(offsets[:-1], offsets[1:])]
 
 
-def _mirror_stage2_flag(state: "CokeState", incompatible_keys) -> None:
-    state._stage2_started = bool(state.stage2_started)
+def _stage2_keys_moved(state_dict, prefix, *args) -> None:
+    """Checkpoints from before the stage-2 strategies (issue 29) hold its buffers on the state itself."""
+    for name in STAGE2_BUFFERS:
+        if prefix + name in state_dict:
+            state_dict[f"{prefix}stage2.{name}"] = state_dict.pop(prefix + name)
 
 
 class CokeState(torch.nn.Module):
@@ -97,8 +91,6 @@ class CokeState(torch.nn.Module):
         if not 0.0 <= center_carry < 1.0:
             raise ValueError(f"center_carry must be in [0, 1), got {center_carry}")
         self.center_carry = float(center_carry)
-        if stage2_rule not in STAGE2_RULES:
-            raise ValueError(f"stage2_rule must be one of {STAGE2_RULES}, got {stage2_rule!r}")
         self.stage2_rule = stage2_rule
         self.num_clusters = [int(k) for k in num_clusters]
         self.offsets = [0]
@@ -126,21 +118,11 @@ class CokeState(torch.nn.Module):
         self.register_buffer("epoch_changed", torch.zeros(heads, dtype=torch.int64))
         self.register_buffer("epoch_compared", torch.zeros(heads, dtype=torch.int64))
 
-        self._stage2_started = False  # host copy of the buffer, so that `step` never waits on the device
         head_size = torch.cat([torch.full((k,), float(k)) for k in self.num_clusters])
         self.register_buffer("head_size_of_cluster", head_size, persistent=False)
         self._init_superclasses(superclass_sizes)
-        if self.stage2_slots > 0:
-            self.register_buffer("slot_labels", torch.full((num_instances, heads, self.stage2_slots), -1, dtype=torch.int32))
-            self.register_buffer("stage2_started", torch.zeros((), dtype=torch.bool))
-            self.register_load_state_dict_post_hook(_mirror_stage2_flag)
-            self.register_buffer("center_epochs", torch.zeros((), dtype=torch.int64))  # stage-2 epochs ended
-            if self.stage2_rule == "faithful":
-                self.register_buffer("slot_weights", torch.zeros(num_instances, heads, self.stage2_slots))
-            else:
-                self.register_buffer("slot_counts", torch.zeros(num_instances, heads, self.stage2_slots))
-                self.register_buffer("slot_steps", torch.zeros(num_instances))
-                self.register_buffer("center_sum", torch.zeros(total, dim))
+        self.stage2 = stage2_strategy(stage2_rule, self.stage2_slots, num_instances, total, dim, heads)
+        self._register_load_state_dict_pre_hook(_stage2_keys_moved)
 
     def _init_superclasses(self, superclass_sizes):
         self.num_superclasses = 0 if superclass_sizes is None else len(superclass_sizes)
@@ -174,33 +156,19 @@ class CokeState(torch.nn.Module):
         kernel = self.kernel if self.kernel != "auto" else ("triton" if x.is_cuda else "torch")
 
         prev_labels = self.label_memory[index]
-        averaging = self.faithful_stage2()
         labels, counts = assign(
-            x, self.prev_centers if averaging else self.centers, self.duals,
+            x, self.stage2.assign_centers(self), self.duals,
             self.head_offsets if kernel == "triton" else self.offsets,
             row_ranges=None if coarse is None else self.row_ranges(coarse),
             kernel=kernel, max_scores=self.max_scores)
         target = self.dual_target(coarse, x.shape[0])
-        if averaging:
-            update_running_means_(x, labels, counts, self.centers, self.counters, self.duals, target, self.offsets,
-                                  dual_lr=self.dual_lr, clamp=self.ratio < 1.0)
-        else:
-            update_clusters_(x, labels, counts, self.centers, self.counters, self.duals, target,
-                             dual_lr=self.dual_lr, clamp=self.ratio < 1.0, kernel=kernel)
+        self.stage2.update_centers(self, x, labels, counts, target, kernel)
 
         new_labels = to_local_labels(labels, self.head_offsets)[first_occurrence_rows(index)]
         self._track_epoch(prev_labels, new_labels, target, x.shape[0])
         self.label_memory[index] = new_labels
-        if self.stage2_slots > 0 and (self.stage2_rule == "legacy" or averaging):
-            self._update_slots(index, new_labels)
+        self.stage2.record(index, new_labels)
         return prev_labels
-
-    def faithful_stage2(self) -> bool:
-        return self.stage2_rule == "faithful" and self._stage2_started
-
-    def stage2_fraction(self) -> torch.Tensor:
-        """f = 1 / (stage-2 epochs so far, the current one included), as a device scalar."""
-        return 1.0 / (self.center_epochs + 1).to(torch.float32)
 
     def row_ranges(self, coarse: torch.Tensor) -> torch.Tensor:
         """(B,H,2) absolute [lo, hi): the block of the row's superclass, or the whole head when coarse is -1."""
@@ -228,31 +196,12 @@ class CokeState(torch.nn.Module):
         self.epoch_changed += (compared & (prev_labels != new_labels)).sum(dim=0)
         self.epoch_bound += target * batch_size
 
-    def _update_slots(self, index: torch.Tensor, new_labels: torch.Tensor) -> None:
-        if self.stage2_rule == "faithful":
-            # Copies of one id carry the same label; they all write the same result once.
-            labels, weights = faithful_slot_update(
-                self.slot_labels[index], self.slot_weights[index], new_labels, self.stage2_fraction())
-            self.slot_labels[index], self.slot_weights[index] = labels, weights
-            return
-        labels, counts = legacy_slot_update(self.slot_labels[index], self.slot_counts[index], new_labels)
-        self.slot_labels[index], self.slot_counts[index] = labels, counts
-        self.slot_steps[index] = self.slot_steps[index] + 1
-
     # ---------------------------------------------------------------------------------------- epochs
     @torch.no_grad()
     def end_epoch(self) -> dict[str, torch.Tensor]:
         """Freeze the centres for the loss, reset the per-epoch counters; returns this epoch's summary."""
         summary = self.epoch_summary()
-        if self.faithful_stage2():
-            self.prev_centers.copy_(moving_average_centers(self.prev_centers, self.centers, self.stage2_fraction()))
-            self.centers.copy_(self.prev_centers)
-            self.center_epochs += 1
-        else:
-            self.prev_centers.copy_(self.centers)
-        if self.stage2_slots > 0 and self.stage2_rule == "legacy":
-            self.center_sum += self.centers
-            self.center_epochs += 1
+        self.stage2.end_epoch(self)
         # center_carry = 0 (the paper): the counters restart, so an epoch's first member replaces its centre.
         # c > 0: each centre keeps c x its weight (an exponential memory of about 1/(1-c) epochs of members), so it
         # moves smoothly and keeps its identity from one epoch to the next.
@@ -280,28 +229,17 @@ class CokeState(torch.nn.Module):
         self.counters.zero_()
         self.carried.zero_()
 
-    @torch.no_grad()
     def begin_stage2(self) -> None:
         """Start the stage-2 averages afresh (call when the one-view last stage begins)."""
-        if self.stage2_slots == 0:
-            raise RuntimeError("stage 2 needs stage2_slots > 0 at construction")
-        self.slot_labels.fill_(-1)
-        self.center_epochs.zero_()
-        self.stage2_started.fill_(True)
-        self._stage2_started = True
-        if self.stage2_rule == "faithful":
-            self.slot_weights.zero_()
-        else:
-            self.slot_counts.zero_()
-            self.slot_steps.zero_()
-            self.center_sum.zero_()
+        self.stage2.begin()
+
+    @property
+    def stage2_started(self) -> bool:
+        return self.stage2.started
 
     def loss_centers(self) -> torch.Tensor:
-        """(sum K, D) centres the loss uses: the previous epoch's, or in stage 2 their average over epochs."""
-        if self.stage2_slots == 0 or self.stage2_rule == "faithful":  # faithful: prev_centers holds C_avg
-            return self.prev_centers
-        averaged = F.normalize(self.center_sum, dim=1)
-        return torch.where(self.center_epochs > 0, averaged, self.prev_centers)
+        """(sum K, D) centres the loss uses: the previous epoch's, or in stage 2 the strategy's average."""
+        return self.stage2.loss_centers(self)
 
     def split_heads(self, stacked: torch.Tensor) -> list[torch.Tensor]:
         """Split a (sum K, ...) tensor into one view per head."""
@@ -314,12 +252,8 @@ class CokeState(torch.nn.Module):
         Rows with no occupied slot get all-zero probabilities, so they add nothing to a cross-entropy.
         """
         index = index.to(self.centers.device, torch.int64)
-        labels = self.slot_labels[index, head].to(torch.int64)
-        if self.stage2_rule == "faithful":
-            weights = self.slot_weights[index, head]
-        else:
-            weights = self.slot_counts[index, head] / self.slot_steps[index].clamp_min(1).unsqueeze(1)
-        return labels, slot_soft_targets(labels, weights, self.stage2_temperature)
+        labels = self.stage2.slot_labels[index, head].to(torch.int64)
+        return labels, slot_soft_targets(labels, self.stage2.slot_weights_of(index, head), self.stage2_temperature)
 
     def dense_soft_targets(self, index: torch.Tensor, head: int) -> torch.Tensor:
         """The same targets as a dense (B, K_head) distribution."""

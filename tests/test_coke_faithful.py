@@ -136,7 +136,7 @@ def round_trip(state: CokeState) -> CokeState:
 def assert_slots_match(state: CokeState, reference: ReferenceStage2):
     for i in range(state.num_instances):
         for h in range(len(state.num_clusters)):
-            got = {int(k): float(w) for k, w in zip(state.slot_labels[i, h], state.slot_weights[i, h]) if w > 0}
+            got = {int(k): float(w) for k, w in zip(state.stage2.slot_labels[i, h], state.stage2.slot_weights[i, h]) if w > 0}
             want = {k: w for k, w in reference.slots[i][h] if w > 0}
             assert got.keys() == want.keys(), (i, h, got, want)
             assert all(math.isclose(got[k], want[k], abs_tol=1e-6) for k in want), (i, h, got, want)
@@ -182,10 +182,10 @@ def test_three_stage2_epochs_follow_the_reference_with_an_eviction_and_an_exact_
             torch.testing.assert_close(state.split_heads(state.prev_centers)[h].double(), reference.averaged[h],
                                        atol=1e-5, rtol=0)
         assert torch.equal(state.centers, state.prev_centers)  # the online centres restart from C_avg
-        torch.testing.assert_close(state.slot_weights.sum(dim=2), torch.ones(40, 2))  # seen every epoch: sum 1
+        torch.testing.assert_close(state.stage2.slot_weights.sum(dim=2), torch.ones(40, 2))  # seen every epoch: sum 1
     assert reference.evictions > 0  # a full slot list lost a label of weight > 0
     assert online_would_differ > 0  # the online centres would have given other labels
-    assert int(state.center_epochs) == 3
+    assert int(state.stage2.center_epochs) == 3
     for name, tensor in state.state_dict().items():
         assert torch.equal(tensor, resumed.state_dict()[name]), name
 
@@ -334,8 +334,8 @@ def test_faithful_stage2_fit(tmp_path, cifar10_tar, cache_dir):
     losses = metrics(run_dir)["train/loss"]
     assert len(losses) == 4 * 3 and all(math.isfinite(v) and v > 0 for v in losses[3:])
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    assert int(state["clustering.center_epochs"]) == 3 and bool(state["clustering.stage2_started"])
+    assert int(state["clustering.stage2.center_epochs"]) == 3 and bool(state["clustering.stage2.stage2_started"])
     assert torch.equal(state["clustering.centers"], state["clustering.prev_centers"])
-    sums = state["clustering.slot_weights"].sum(dim=2)
+    sums = state["clustering.stage2.slot_weights"].sum(dim=2)
     assert (sums <= 1 + 1e-5).all() and ((sums - 1).abs() < 1e-5).float().mean() > 0.8
-    assert ((state["clustering.slot_weights"] > 0).sum(dim=2) > 1).any()  # some targets really are soft
+    assert ((state["clustering.stage2.slot_weights"] > 0).sum(dim=2) > 1).any()  # some targets really are soft
