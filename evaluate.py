@@ -151,10 +151,19 @@ def main(argv: list[str] | None = None) -> int:
     from lightning_modules.evaluation.protocols import EvalInputs, run_protocols
     from lightning_modules.evaluation.report import build_report, log_to_wandb, write_report
 
+    from datamodules.errors import NoLabelsError
+    from datamodules.labelled import labelled_cfg, no_labels_message
+
     device = pick_device(cfg.device)
     start = time.perf_counter()
     try:
+        beside = labelled_cfg(cfg.data)  # data.labelled: the labelled set beside the pretraining set
+        if beside is not None:
+            cfg.data = beside
         splits, source_path = load_eval_data(cfg)
+    except NoLabelsError:
+        print(f"data error: {no_labels_message(cfg.data, 'evaluate.py')}", file=sys.stderr)
+        return 1
     except DataError as err:
         print(f"data error: {err}", file=sys.stderr)
         return 1
@@ -173,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     fine_to_coarse = torch.full((len(train_images.class_names),), -1, dtype=torch.int64)
     fine_to_coarse[torch.from_numpy(train_images.fine)] = torch.from_numpy(train_images.coarse)
     use_coke = "clustering" in protocols and source.cluster_labels is not None and cfg.clustering.source != "kmeans"
+    use_coke = use_coke and beside is None  # CoKe's labels are of the pretraining images, not of data.labelled's
     inputs = EvalInputs(
         features["train"], features["test"], levels,
         {"fine": len(train_images.class_names), "coarse": len(train_images.superclass_names)},

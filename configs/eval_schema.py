@@ -21,7 +21,7 @@ LEVELS = ("fine", "coarse")
 
 # What an evaluation takes over from the checkpoint's own config (what the backbone saw, not how it trained).
 INHERITED_KEYS = {
-    "data": ("name", "path", "hierarchy", "image_size", "skip_corrupt"),
+    "data": ("name", "path", "labelled", "hierarchy", "image_size", "skip_corrupt"),
     "augment": ("crop_size", "mean", "std", "eval_resize"),
     "model": ("backbone", "cifar_stem", "kwargs", "channels_last"),
 }

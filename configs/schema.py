@@ -25,13 +25,17 @@ def default_cache_dir() -> str:
 
 @dataclass
 class DataConfig:
-    name: str = "cifar10"  # cifar10 | cifar100 | folder
+    name: str = "cifar10"  # cifar10 | cifar100 | stl10 | folder (your own images): datamodules/registry.py
     root: str = field(default_factory=default_data_root)
-    # Explicit source: a pickle folder, an image folder, or a .tar.gz. Empty: discovered under ``root``.
+    # Explicit source: a pickle or STL-10 folder, an image folder (labelled or not), or a .tar/.tar.gz. Empty:
+    # discovered under ``root``.
     path: str = ""
+    # A labelled set beside the pretraining set, for the kNN monitor and evaluate.py (an unlabelled folder has no
+    # other): a data set name under ``root``, or a path (train/<class>/ + test/<class>/ folder or tar, CIFAR, STL-10).
+    labelled: str = ""
     hierarchy: str = ""  # JSON file {fine class: superclass}; built in for cifar10 and cifar100
     image_size: int = 0  # folders of mixed sizes: resize shorter side + centre crop to this; 0 keeps native
-    subset: float = 0.0  # train images: 0 all; >= 1 images per class; (0, 1) fraction per class
+    subset: float = 0.0  # train images: 0 all; >= 1 images per class; (0, 1) fraction per class (unlabelled: one class)
     eval_subset: float = 0.0  # the same for the validation and test splits
     val_fraction: float = 0.0  # held out from train, per class, for tuning without touching test
     batch_size: int = 256  # per device

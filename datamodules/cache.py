@@ -41,13 +41,13 @@ def cached_decode(cache_dir: str | Path, tag: str, path: Path, read: Callable[[]
             return DecodedSplit(
                 images=z["images"], fine=z["fine"], class_names=meta["class_names"],
                 coarse=z["coarse"] if meta["has_coarse"] else None,
-                superclass_names=meta["superclass_names"], skipped=meta["skipped"],
+                superclass_names=meta["superclass_names"], skipped=meta["skipped"], names=meta.get("names"),
             )
     split = read()
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "class_names": split.class_names, "superclass_names": split.superclass_names,
-        "has_coarse": split.coarse is not None, "skipped": split.skipped,
+        "has_coarse": split.coarse is not None, "skipped": split.skipped, "names": split.names,
     }
     tmp = cache_file.with_suffix(f".tmp{os.getpid()}.npz")
     np.savez(

@@ -15,6 +15,7 @@ from datamodules.datasets import ImageDataset, LabeledImages, collate_batched, p
 from datamodules.device_loader import DeviceBatches, fits_on_device
 from datamodules.discovery import load_split
 from datamodules.jpeg_stream import BatchDecoder, JpegDataset, load_jpeg_split
+from datamodules.labelled import load_labelled_sets
 from datamodules.sampling import EpochSeededSampler
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class PretrainDataModule(pl.LightningDataModule):
     def __init__(self, data_cfg, augment_cfg):
         super().__init__()
         self.cfg, self.augment_cfg = data_cfg, augment_cfg
-        self.train_set = self.val_set = self.test_set = None
+        self.train_set = self.val_set = self.test_set = self.labelled_sets = None
         self._told_worker_cap = False
         self.augment = ViewAugmenter(augment_cfg)
         self.eval_transform = EvalTransform(augment_cfg)
@@ -58,15 +59,19 @@ class PretrainDataModule(pl.LightningDataModule):
             return
         cfg = self.cfg
         load, dataset = (load_jpeg_split, JpegDataset) if cfg.format == "jpeg" else (load_split, ImageDataset)
-        train, val = split_off_validation(load(cfg, "train"), cfg.val_fraction, cfg.seed)
-        test = load(cfg, "test", train_classes=train.class_names)
+        train, val = split_off_validation(load(cfg, "pretrain"), cfg.val_fraction, cfg.seed)
+        # An unlabelled pretraining set has no class list and no test split: its online probes are off.
+        test = load(cfg, "test", train_classes=train.class_names) if train.class_names else None
         train = train.take(per_class_rows(train.fine, cfg.subset, cfg.seed))
         if cfg.eval_subset:
-            test = test.take(per_class_rows(test.fine, cfg.eval_subset, cfg.seed))
+            test = test.take(per_class_rows(test.fine, cfg.eval_subset, cfg.seed)) if test is not None else None
             val = val.take(per_class_rows(val.fine, cfg.eval_subset, cfg.seed)) if val is not None else None
-        self.train_set, self.test_set = dataset(train), dataset(test)
+        self.train_set = dataset(train)
+        self.test_set = dataset(test) if test is not None else None
         self.val_set = dataset(val) if val is not None else None
-        log.info("data: %d train, %s val, %d test images", len(train), len(val) if val is not None else 0, len(test))
+        self.labelled_sets = load_labelled_sets(cfg, has_labels=bool(train.class_names))
+        log.info("data: %d train, %s val, %d test images", len(train), len(val) if val is not None else 0,
+                 len(test) if test is not None else 0)
 
     @property
     def info(self) -> DataInfo:
@@ -125,10 +130,11 @@ class PretrainDataModule(pl.LightningDataModule):
 
     def val_dataloader(self):
         """Online-probe evaluation: the held-out validation split when there is one, else test."""
-        return self._batches(self.val_set or self.test_set, self.cfg.eval_batch_size, train=False)
+        evaluation = self.val_set or self.test_set
+        return self._batches(evaluation, self.cfg.eval_batch_size, train=False) if evaluation is not None else []
 
     def test_dataloader(self):
-        return self._batches(self.test_set, self.cfg.eval_batch_size, train=False)
+        return self._batches(self.test_set, self.cfg.eval_batch_size, train=False) if self.test_set is not None else []
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int = 0) -> dict:
         if "jpeg" in batch:

@@ -24,7 +24,8 @@ class LabeledImages:
 
 
 def per_class_rows(fine: np.ndarray, amount: float, seed: int) -> np.ndarray:
-    """Deterministic per-class selection: ``amount`` >= 1 is a count per class, (0, 1) a fraction."""
+    """Deterministic per-class selection: ``amount`` >= 1 is a count per class, (0, 1) a fraction. Rows without
+    a label (-1) count as one more class."""
     if amount <= 0:
         return np.arange(len(fine))
     rng = np.random.default_rng(seed)
@@ -37,10 +38,12 @@ def per_class_rows(fine: np.ndarray, amount: float, seed: int) -> np.ndarray:
 
 
 def split_off_validation(data: LabeledImages, fraction: float, seed: int) -> tuple[LabeledImages, LabeledImages | None]:
-    """Hold out ``fraction`` of each class of ``data`` as a validation set (disjoint from the rest)."""
-    if fraction <= 0:
+    """Hold out ``fraction`` of each class of ``data`` as a validation set (disjoint from the rest); rows
+    without a label (-1) always stay in training."""
+    labelled = np.flatnonzero(data.fine >= 0)
+    if fraction <= 0 or not len(labelled):
         return data, None
-    val_rows = per_class_rows(data.fine, fraction, seed + 1)
+    val_rows = labelled[per_class_rows(data.fine[labelled], fraction, seed + 1)]
     train_rows = np.setdiff1d(np.arange(len(data)), val_rows)
     return data.take(train_rows), data.take(val_rows)
 

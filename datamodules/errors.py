@@ -11,3 +11,7 @@ class MissingDataError(DataError, FileNotFoundError):
 
 class CorruptImageError(DataError):
     pass
+
+
+class NoLabelsError(DataError):
+    """The source has no labelled split (an unlabelled folder): the probes and evaluation need another set."""

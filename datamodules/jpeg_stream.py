@@ -24,8 +24,11 @@ from torchvision.transforms.v2 import functional as TF
 from datamodules.class_lists import align_to_train
 from datamodules.datasets import LabeledImages
 from datamodules.discovery import _is_pickle_dir, _with_hierarchy, locate_source
-from datamodules.errors import CorruptImageError, DataError
+from datamodules.errors import CorruptImageError, DataError, NoLabelsError
+from datamodules.folder import LAYOUT_HELP, _no_images, is_labelled, unlabelled_names
+from datamodules.registry import dataset_spec
 from datamodules.sources import DecodedSplit, _split_parts
+from datamodules.stl10 import is_stl10_dir
 
 log = logging.getLogger(__name__)
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -136,11 +139,19 @@ def _read_compressed_tar(path: str, size: int, mtime: int) -> tuple[list[str], n
     return names, starts, sizes, np.frombuffer(b"".join(chunks), dtype=np.uint8)
 
 
+def _split_rows(names: list[str], split: str) -> list[tuple[str, str | None]]:
+    """(name, class or None) of one split's images, in the decoded cache's order: sorted relative paths (pretrain:
+    train's, then the unlabelled ones'; an unlabelled tree: all of its images)."""
+    if split != "pretrain":
+        return sorted((name, parts[0]) for name in names if (parts := _split_parts(name, split)))
+    return _split_rows(names, "train") + [(name, None) for name in sorted(unlabelled_names(names))]
+
+
 def list_encoded(path: Path, split: str) -> tuple[JpegStore, np.ndarray, list[str]]:
-    """(store, fine labels, class names) of one split, in the decoded cache's order (sorted relative paths)."""
+    """(store, fine labels (-1: none), class names) of one split, in the decoded cache's order."""
     if path.is_dir():
-        rels = [f.relative_to(path).as_posix() for f in path.rglob("*") if f.is_file()]
-        entries = sorted((rel, 0, 0) for rel in rels if _split_parts(rel, split))
+        names = [f.relative_to(path).as_posix() for f in path.rglob("*") if f.is_file()]
+        starts = sizes = [0] * len(names)
         kind, blob = "folder", None
     elif tarfile.is_tarfile(path):
         with open(path, "rb") as f:
@@ -154,31 +165,34 @@ def list_encoded(path: Path, split: str) -> tuple[JpegStore, np.ndarray, list[st
                 members = [m for m in tar.getmembers() if m.isfile()]
             names, starts, sizes = [m.name for m in members], [m.offset_data for m in members], [m.size for m in members]
             kind, blob = "tar", None
-        entries = sorted((n, s, z) for n, s, z in zip(names, starts, sizes) if _split_parts(n, split))
     else:
         raise DataError(f"data.format=jpeg reads a folder or a .tar/.tar.gz of <split>/<class>/*.jpg; {path} is neither")
-    if not entries:
-        raise DataError(f"no images for split `{split}` in {path}; expected a layout <{split}>/<class>/*.jpg|png "
-                        "(optionally under one top-level folder)")
-    classes = [_split_parts(name, split)[0] for name, _, _ in entries]
-    class_names = sorted(set(classes))
+    if split != "pretrain" and not is_labelled(names):
+        raise NoLabelsError(f"{path} holds unlabelled images (no train/<class>/ folders)")
+    rows = _split_rows(names, split)
+    if not rows:
+        raise _no_images(path, names) if split == "pretrain" else DataError(
+            f"no images for split `{split}` in {path}; expected {LAYOUT_HELP}")
+    where = {name: (start, size) for name, start, size in zip(names, starts, sizes)}
+    class_names = sorted({cls for _, cls in rows if cls is not None})
     lookup = {name: i for i, name in enumerate(class_names)}
     store = JpegStore(
-        kind, path, np.array([e[0] for e in entries]), np.array([e[1] for e in entries], dtype=np.int64),
-        np.array([e[2] for e in entries], dtype=np.int64), blob,
+        kind, path, np.array([name for name, _ in rows]), np.array([where[n][0] for n, _ in rows], dtype=np.int64),
+        np.array([where[n][1] for n, _ in rows], dtype=np.int64), blob,
     )
-    return store, np.array([lookup[c] for c in classes], dtype=np.int64), class_names
+    return store, np.array([lookup.get(cls, -1) for _, cls in rows], dtype=np.int64), class_names
 
 
 def load_jpeg_split(cfg, split: str, train_classes: list[str] | None = None) -> LabeledImages:
     """Like ``discovery.load_split`` but ``images`` is a :class:`JpegStore`: nothing is decoded here."""
     path = locate_source(cfg)
-    if _is_pickle_dir(path):
-        raise DataError(f"data.format=jpeg needs encoded images, but {path} holds the CIFAR python pickles (already "
-                        "decoded arrays). Use data.format=decoded, or point data.path at a folder or .tar of JPEGs")
+    split = "train" if split == "pretrain" and dataset_spec(cfg.name).pretrain_is_train else split
+    if _is_pickle_dir(path) or is_stl10_dir(path):
+        raise DataError(f"data.format=jpeg needs encoded images, but {path} holds already decoded arrays (CIFAR "
+                        "pickles or STL-10 binaries). Use data.format=decoded, or point data.path at a folder or .tar of JPEGs")
     store, fine, class_names = list_encoded(path, split)
     decoded = DecodedSplit(images=store, fine=fine, class_names=class_names)
-    if split != "train":  # labels follow train's class list (datamodules/class_lists.py)
+    if split == "test":  # labels follow train's class list (datamodules/class_lists.py)
         decoded = align_to_train(decoded, train_classes or list_encoded(path, "train")[2], split, path)
     return _with_hierarchy(cfg, decoded)
 

@@ -1,7 +1,8 @@
 """Readers that turn a data source into decoded uint8 arrays.
 
-Sources: the official CIFAR python pickles, and ``<split>/<class>/*.{jpg,png}`` trees, either as a
-folder or inside a ``.tar.gz`` (an optional single top-level folder is allowed in both).
+Sources: the official CIFAR python pickles, and ``<split>/<class>/<image>`` trees, either as a folder or
+inside a ``.tar``/``.tar.gz`` (an optional single top-level folder is allowed in both). Unlabelled folders are
+read by ``datamodules/folder.py``.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from torchvision.transforms.v2 import functional as TF
 from datamodules.errors import CorruptImageError, DataError
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
 @dataclass
@@ -32,6 +33,7 @@ class DecodedSplit:
     coarse: np.ndarray | None = None  # native superclass labels (CIFAR-100), else None
     superclass_names: list[str] | None = None
     skipped: list[str] = field(default_factory=list)  # corrupt files skipped
+    names: list[str] | None = None  # unlabelled folders: the relative path of each row (its instance id's file)
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -86,6 +88,10 @@ def _decode_key(d: dict, key: str):
     return d[key.encode()] if key.encode() in d else d[key]
 
 
+def _is_pickle_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / "batches.meta").is_file() or (path / "meta").is_file() and (path / "train").is_file())
+
+
 def read_cifar_pickles(folder: Path, split: str, num_classes: int) -> DecodedSplit:
     """Official ``cifar-10-batches-py`` or ``cifar-100-python`` folder."""
     if num_classes == 10:
@@ -111,10 +117,16 @@ def read_cifar_pickles(folder: Path, split: str, num_classes: int) -> DecodedSpl
     return out
 
 
+def is_image_name(relpath: str) -> bool:
+    """An image by its suffix; hidden files (``.DS_Store``, macOS ``._x.jpg`` resource forks) never are."""
+    name = relpath.rstrip("/").rsplit("/", 1)[-1]
+    return not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
+
+
 def _split_parts(relpath: str, split: str) -> tuple[str, str] | None:
     """``[top/]split/class/file`` -> (class, file), else None."""
     parts = relpath.strip("/").split("/")
-    if len(parts) >= 3 and parts[-3] == split and len(parts) <= 4 and parts[-1].lower().endswith(IMAGE_SUFFIXES):
+    if len(parts) >= 3 and parts[-3] == split and len(parts) <= 4 and is_image_name(relpath):
         return parts[-2], parts[-1]
     return None
 
@@ -159,9 +171,28 @@ def _list_tree(path: Path, split: str) -> tuple[list[tuple[str, str, bytes]], se
     return entries, {cls for cls, _, data in listed if data is None}
 
 
+DECODE_ERRORS = (RuntimeError, ValueError, OSError)
+
+
+def _decode_with_pil(data: bytes) -> torch.Tensor:
+    """Formats torchvision does not read (BMP, TIFF, PPM), and EXIF-rotated photos of them."""
+    import io
+
+    from PIL import Image, ImageOps
+
+    with Image.open(io.BytesIO(data)) as im:
+        rgb = ImageOps.exif_transpose(im).convert("RGB")
+    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
+
+
 def decode_rgb(data: bytes, image_size: int = 0) -> torch.Tensor:
-    """Decode to (3, H, W) uint8; resize the shorter side and centre-crop when ``image_size`` > 0."""
-    image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    """Decode to (3, H, W) uint8 (torchvision, else PIL); resize the shorter side and centre-crop when
+    ``image_size`` > 0. Raises one of ``DECODE_ERRORS`` for a file neither can read."""
+    try:
+        image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
+                             apply_exif_orientation=True)
+    except (RuntimeError, ValueError):
+        image = _decode_with_pil(data)
     if image_size:
         image = TF.center_crop(TF.resize(image, image_size, antialias=True), [image_size, image_size])
     return image
@@ -187,7 +218,7 @@ def read_image_tree(path: Path, split: str, skip_corrupt: bool = False, image_si
     for cls, rel, data in entries:
         try:
             image = decode_rgb(data, image_size)
-        except (RuntimeError, ValueError) as err:
+        except DECODE_ERRORS as err:
             if not skip_corrupt:
                 raise CorruptImageError(
                     f"cannot decode image {path}:{rel} ({err}). Fix or remove the file, "

@@ -19,6 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from configs.schema import MethodConfig
 from lightning_modules.backbone import build_backbone
 from lightning_modules.heads import mlp
+from lightning_modules.host_reads import logging_step
 from lightning_modules.optim import build_optimizer, constant_lr, param_groups, scaled_lr, warmup_cosine
 
 
@@ -41,9 +42,13 @@ class PretrainModule(pl.LightningModule):
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         # Kept out of the module tree so checkpoints hold the plain backbone's keys either way.
         self.__dict__["compiled_backbone"] = torch.compile(self.backbone) if model_cfg.compile else None
-        self.probes = nn.ModuleDict({"fine": nn.Linear(self.feat_dim, data_info["num_fine"])})
+        self.probes = nn.ModuleDict()  # none on unlabelled images (num_fine 0): the datamodule says so once
+        if data_info["num_fine"]:
+            self.probes["fine"] = nn.Linear(self.feat_dim, data_info["num_fine"])
         if data_info["num_coarse"]:
             self.probes["coarse"] = nn.Linear(self.feat_dim, data_info["num_coarse"])
+        self.register_buffer("first_nonfinite_step", torch.tensor(-1), persistent=False)
+        self.register_buffer("first_nonfinite_loss", torch.tensor(0.0), persistent=False)
         self.val_acc = nn.ModuleDict({
             level: MulticlassAccuracy(probe.out_features, top_k=1, average="micro")
             for level, probe in self.probes.items()
@@ -94,36 +99,60 @@ class PretrainModule(pl.LightningModule):
         raise NotImplementedError
 
     # ---- training ------------------------------------------------------------------------
+    def logging_step(self) -> bool:
+        """Whether this step's metrics reach the loggers: the only steps that may read tensors on the host."""
+        return logging_step(self.global_step, self.cfg.logger.log_every_n_steps)
+
+    def log_step(self, name: str, value: torch.Tensor, **kwargs) -> None:
+        """``self.log`` on logging steps only: logging a tensor reads it on the host, which waits for the device."""
+        if self.logging_step():
+            self.log(name, value, on_step=True, on_epoch=False, **kwargs)
+
     def online_probe_loss(self, feats: torch.Tensor, batch: dict) -> torch.Tensor:
-        """Linear probes on detached features: they learn, the backbone gets no gradient from them."""
+        """Linear probes on detached features: they learn, the backbone gets no gradient from them. Unknown labels
+        (-1) are ignored without a boolean mask, whose data-dependent size would be read on the host."""
         feats = feats.detach().float()
         total = feats.new_zeros(())
         for level, probe in self.probes.items():
             labels = batch[level]
             logits = probe(feats)
-            valid = labels >= 0
-            loss = F.cross_entropy(logits[valid], labels[valid]) if valid.any() else logits.sum() * 0
-            acc = (logits.argmax(1)[valid] == labels[valid]).float().mean() if valid.any() else loss * 0
-            self.log(f"online/train_{level}_acc1", acc, on_step=True, on_epoch=False)
-            total = total + loss
+            valid = (labels >= 0).float()
+            count = valid.sum().clamp(min=1)
+            total = total + F.cross_entropy(logits, labels.clamp(min=0), reduction="none").mul(valid).sum() / count
+            self.log_step(f"online/train_{level}_acc1", ((logits.argmax(1) == labels).float() * valid).sum() / count)
         return total
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         views = batch["views"]
         feats = self.encode_views(views)
         loss = self.training_loss(batch, feats)
-        self.check_finite(loss)
-        self.log("train/loss", loss, prog_bar=True)
+        self.watch_finite(loss)
+        if self.logging_step() or batch_idx == 0:  # the first step on an epoch's saved weights is checked at once
+            self.check_finite()
+        self.log_step("train/loss", loss, prog_bar=True)
         return loss + self.online_probe_loss(feats[0], batch)
 
-    def check_finite(self, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss).item():
-            raise NonFiniteLossError(
-                f"loss became {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}). "
-                "The run stopped; the last good checkpoint (checkpoints/last.ckpt: the newest weights that gave a finite "
-                "loss) is kept. "
-                "Lower optim.lr, raise optim.warmup_epochs, or try trainer.precision=32, then resume=<that checkpoint>"
-            )
+    def watch_finite(self, loss: torch.Tensor) -> None:
+        """Remember the first step whose loss was not finite, on the device (no host read)."""
+        loss = loss.detach().float()
+        first = ~torch.isfinite(loss) & (self.first_nonfinite_step < 0)
+        self.first_nonfinite_step.copy_(torch.where(first, self.global_step, self.first_nonfinite_step))
+        self.first_nonfinite_loss.copy_(torch.where(first, loss, self.first_nonfinite_loss))
+
+    def check_finite(self) -> None:
+        """Stop on a non-finite loss seen since the last check (on logging steps, epoch starts and epoch ends)."""
+        step = int(self.first_nonfinite_step)
+        if step < 0:
+            return
+        raise NonFiniteLossError(
+            f"loss became {float(self.first_nonfinite_loss)} at global step {step} (epoch {self.current_epoch}). "
+            "The run stopped; the last good checkpoint (checkpoints/last.ckpt: the newest weights that gave a finite "
+            "loss) is kept. "
+            "Lower optim.lr, raise optim.warmup_epochs, or try trainer.precision=32, then resume=<that checkpoint>"
+        )
+
+    def on_train_epoch_end(self) -> None:
+        self.check_finite()  # before the epoch's checkpoint is saved
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         feats = self(batch["eval_view"]).float()
@@ -187,5 +216,5 @@ class PretrainModule(pl.LightningModule):
         self.print(f"{batch}: {lr}")
 
     def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:
-        if batch_idx % max(1, self.cfg.logger.log_every_n_steps) == 0:
+        if logging_step(self.global_step - 1, self.cfg.logger.log_every_n_steps):  # the step has been taken
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
