@@ -68,12 +68,22 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as err:
         print(f"data error: {err}", file=sys.stderr)
         return 1
+    from lightning_modules.label_use import unlabelled_refusal
+
+    refusal = unlabelled_refusal(cfg.method, cfg.data) if not datamodule.info.num_fine else ""
+    if refusal:
+        print(f"data error: {refusal}", file=sys.stderr)
+        return 1
     try:
         model = method_class(cfg.method.name)(to_plain(cfg), asdict(datamodule.info))
     except ValueError as err:  # a method refusing a combination of settings, e.g. method.assign_on=clean alone
         raise ConfigError(str(err)) from err
     run_dir = prepare_run_dir(cfg, run_name, resume)
     trainer = build_trainer(cfg, run_dir, run_name, resume.global_step if resume else None)
+    from lightning_modules.evaluation.knn_monitor import knn_monitor
+
+    if monitor := knn_monitor(datamodule, cfg.augment):  # data.labelled: the online probe of unlabelled images
+        trainer.callbacks.append(monitor)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume.checkpoint if resume else None, weights_only=True)
     except SlowCpuRun as stop:  # the notice above it says what it costs and what to run instead
