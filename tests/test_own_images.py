@@ -108,7 +108,7 @@ def test_unlabelled_folder_trains_exports_and_evaluates_on_the_labelled_set_besi
     ckpt = run / "checkpoints" / "last.ckpt"
 
     capsys.readouterr()
-    assert evaluate.main([str(ckpt), "data.labelled=", f"out_dir={tmp_path / 'no-labels'}"]) == 1
+    assert evaluate.main([str(ckpt), "data.labelled=''", f"out_dir={tmp_path / 'no-labels'}"]) == 1
     err = capsys.readouterr().err
     assert "evaluate.py needs labelled images" in err and "data.labelled=" in err and "Traceback" not in err
 
@@ -146,6 +146,7 @@ def test_resume_on_unlabelled_folder_keeps_instance_ids_and_coke_memory(jpegs, t
 
     assert train.main(train_args(photos, tmp_path, "method.num_clusters=[8,10]", "trainer.max_epochs=2",
                                  f"resume={run}", config="configs/pretrain/quick.yaml")) == 0
-    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    memory = next(v for k, v in state.items() if k.endswith(("clustering.labels", "clustering.label_memory")))
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 4  # the run continued: 2 epochs of 2 steps (80 images, batch 40)
+    memory = next(v for k, v in ckpt["state_dict"].items() if k.endswith(("clustering.labels", "clustering.label_memory")))
     assert memory.shape[0] == 80 and (memory >= 0).all()  # one row per instance, every one assigned
