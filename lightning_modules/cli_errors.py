@@ -14,6 +14,8 @@ KNOWN_ERRORS = {
     "ConfigError": ("config error", 2),
     "LoggerUnavailableError": ("logger error", 2),
     "ResumeError": ("resume error", 2),
+    "RunDirError": ("run directory error", 2),
+    "CheckpointSaveError": ("checkpoint error", 1),
     "UnsafeCheckpointError": ("checkpoint error", 2),
     "CheckpointReadError": ("checkpoint error", 2),
     "DataError": ("data error", 1),

@@ -5,6 +5,9 @@ Each epoch's checkpoint is saved as usual, but the one before it is kept (``last
 training step has run on the new weights with a finite loss. When the very first step on the new weights gives a
 non-finite loss (a diverging run can end an epoch with finite but huge weights), the new file is dropped and the
 previous one becomes ``last.ckpt`` again. Weights that are not finite are never saved.
+
+Every save is atomic (:mod:`lightning_modules.atomic_save`); the previous file is kept as a second name of the same
+bytes, so ``last.ckpt`` exists at every moment, even when a save fails or the process is killed during one.
 """
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ from pathlib import Path
 
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
+
+from lightning_modules.atomic_save import keep_copy
 
 log = logging.getLogger(__name__)
 PREVIOUS_NAME = "last-previous.ckpt"
@@ -40,9 +45,15 @@ class LastCheckpoint(ModelCheckpoint):
                         "weights)", trainer.global_step, filepath)
             return
         if trainer.is_global_zero and os.path.isfile(filepath) and self._untested_path != filepath:
-            os.replace(filepath, self._previous(filepath))  # kept until the new weights give a finite loss
+            keep_copy(filepath, self._previous(filepath))  # kept until the new weights give a finite loss
         super()._save_checkpoint(trainer, filepath)
         self._untested_path = filepath
+
+    def save_now(self, trainer) -> Path:
+        """Save ``last.ckpt`` at this step (a preemption's save), by the same rules as the epoch's save."""
+        path = str(Path(self.dirpath) / f"{self.filename}{self.FILE_EXTENSION}")
+        self._save_checkpoint(trainer, path)
+        return Path(path)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)

@@ -1,9 +1,11 @@
 """Run directories, resume and the Trainer: everything ``train.py`` wires together."""
 from __future__ import annotations
 
+import errno
 import inspect
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -11,12 +13,14 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from configs.loader import ConfigError, to_plain, to_yaml
+from lightning_modules.atomic_save import AtomicCheckpointIO
 from lightning_modules.callbacks import Throughput, ViewGrid
 from lightning_modules.cpu_run import CpuCostNotice, fit_precision_to_cpu
 from lightning_modules.feature_diagnostics import FeatureDiagnostics
 from lightning_modules.last_good import LastCheckpoint
 from lightning_modules.loggers import build_loggers
-from lightning_modules.resume import CONFIG_FILE, ResumePoint, ensure_run_record
+from lightning_modules.resume import CHECKPOINTS, CONFIG_FILE, ResumePoint, ensure_run_record
+from lightning_modules.preemption import PreemptionSave, slurm_plugins
 from lightning_modules.run_progress import RunProgressBar
 
 log = logging.getLogger(__name__)
@@ -53,6 +57,40 @@ def _without_resume_key(config_yaml: str) -> list[str]:
     return [line for line in config_yaml.splitlines() if not line.startswith("resume:")]
 
 
+class RunDirError(OSError):
+    """The run directory cannot be created or written; the message names it and the fix."""
+
+
+def _new_run_dir(parent: Path) -> Path:
+    """``parent/<timestamp>``, created here and by no one else: ``os.mkdir`` fails on a name that exists, so a twin
+    job started in the same second takes ``<timestamp>-2`` (and so on), by construction."""
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 10_000):
+        candidate = parent / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            os.mkdir(candidate)
+            return candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{parent} holds 9999 run directories stamped {stamp}")
+
+
+def check_writable(folder: Path) -> None:
+    """Create and remove a file in ``folder`` (permissions alone miss read-only mounts and root's rights)."""
+    with tempfile.TemporaryFile(dir=folder, prefix=".write-check-"):
+        pass
+
+
+def _unwritable(folder: Path, err: OSError, resumed: bool) -> RunDirError:
+    reason = {errno.EROFS: "it is on a read-only file system", errno.ENOSPC: "its disk is full",
+              errno.EDQUOT: "its disk quota is used up"}.get(err.errno, f"{err.strerror or err} (errno {err.errno})")
+    fix = ("Make it writable again (or copy the run elsewhere and resume=<the copy>)" if resumed
+           else "Set run_dir= to a writable folder")
+    return RunDirError(err.errno, f"cannot write into the run directory {folder}: {reason}. Nothing was changed in it. "
+                                  f"{fix}")
+
+
 def prepare_run_dir(cfg, run_name: str, resume: ResumePoint | None) -> Path:
     """A new directory per run (``<run_dir>/<name>/<timestamp>``); a resumed run continues in its own, and a run
     resumed from a checkpoint outside any run directory gets a new one (nothing is written beside that checkpoint).
@@ -67,15 +105,25 @@ def prepare_run_dir(cfg, run_name: str, resume: ResumePoint | None) -> Path:
         run_dir = Path(os.environ[RUN_DIR_ENV].split(":", 1)[1])
     else:
         run_dir = Path(cfg.run_dir, run_name, time.strftime("%Y%m%d-%H%M%S"))
-    if launch_rank() == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    if launch_rank() != 0:
+        return run_dir
+    resumed = bool(resume and resume.run_dir)
+    try:
+        if resumed:
+            for folder in (run_dir, run_dir / CHECKPOINTS):
+                if folder.is_dir():
+                    check_writable(folder)
+        else:
+            run_dir = _new_run_dir(run_dir.parent)
         config_file, text = run_dir / CONFIG_FILE, to_yaml(cfg)
         if not config_file.is_file():
             config_file.write_text(text)
         elif _without_resume_key(config_file.read_text()) != _without_resume_key(text):
             (run_dir / f"config-resumed-{time.strftime('%Y%m%d-%H%M%S')}.yaml").write_text(text)
         ensure_run_record(run_dir)
-        os.environ[RUN_DIR_ENV] = f"{os.getpid()}:{run_dir}"
+    except OSError as err:
+        raise _unwritable(run_dir if resumed or run_dir.is_dir() else run_dir.parent, err, resumed) from None
+    os.environ[RUN_DIR_ENV] = f"{os.getpid()}:{run_dir}"
     return run_dir
 
 
@@ -90,9 +138,12 @@ def build_trainer(cfg, run_dir: Path, run_name: str, resume_step: int | None = N
     ]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(RunProgressBar(leave=True))
+    # last.ckpt is also the preemption's save, so a run without save_last still gets one when it is stopped
+    last = LastCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, every_n_epochs=1,
+                          enable_version_counter=False, save_on_train_epoch_end=True)
     if cfg.checkpoint.save_last:
-        callbacks.append(LastCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, every_n_epochs=1,
-                                        enable_version_counter=False, save_on_train_epoch_end=True))
+        callbacks.append(last)
+    callbacks.append(PreemptionSave(last.save_now))
     if cfg.checkpoint.every_n_epochs:
         callbacks.append(ModelCheckpoint(
             dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
@@ -107,4 +158,6 @@ def build_trainer(cfg, run_dir: Path, run_name: str, resume_step: int | None = N
         trainer_kwargs.setdefault("sync_batchnorm", True)
     if cfg.max_time_minutes:
         trainer_kwargs.setdefault("max_time", {"minutes": cfg.max_time_minutes})
-    return pl.Trainer(default_root_dir=str(run_dir), logger=loggers or False, callbacks=callbacks, **trainer_kwargs)
+    plugins = [AtomicCheckpointIO(), *slurm_plugins(), *trainer_kwargs.pop("plugins", [])]
+    return pl.Trainer(default_root_dir=str(run_dir), logger=loggers or False, callbacks=callbacks, plugins=plugins,
+                      **trainer_kwargs)
