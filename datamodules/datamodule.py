@@ -73,6 +73,14 @@ class PretrainDataModule(pl.LightningDataModule):
         log.info("data: %d train, %s val, %d test images", len(train), len(val) if val is not None else 0,
                  len(test) if test is not None else 0)
 
+    def fewer_than_a_batch(self) -> str:
+        """One paragraph when the training set is smaller than one batch (batches are full: no step would run)."""
+        n, batch = len(self.train_set), self.cfg.batch_size
+        if n >= batch:
+            return ""
+        return (f"{n} training images are fewer than one batch (data.batch_size={batch}), so no step would train. "
+                f"Set data.batch_size to at most {n}, or add images")
+
     @property
     def info(self) -> DataInfo:
         train: LabeledImages = self.train_set.data

@@ -11,7 +11,7 @@ from datamodules.class_lists import align_to_train
 from datamodules.datasets import LabeledImages
 from datamodules.errors import MissingDataError
 from datamodules.hierarchy import coarse_labels, load_hierarchy_json
-from datamodules.registry import DATASETS, dataset_spec
+from datamodules.registry import dataset_spec
 from datamodules.sources import DecodedSplit, _is_pickle_dir  # noqa: F401 - _is_pickle_dir: jpeg_stream imports it here
 from datamodules.spec import SPLITS
 
@@ -81,5 +81,5 @@ def load_split(cfg, split: str, train_classes: list[str] | None = None) -> Label
     return _with_hierarchy(cfg, decoded)
 
 
-def known_names() -> list[str]:
-    return list(DATASETS)
+
+

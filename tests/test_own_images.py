@@ -86,6 +86,14 @@ def test_empty_or_imageless_folder_is_one_paragraph_and_nothing_written(content,
     assert not (tmp_path / "runs").exists()
 
 
+def test_fewer_images_than_a_batch_is_refused_not_an_empty_run(jpegs, tmp_path, capsys):
+    folder = flat_folder(jpegs[:30], tmp_path / "photos")
+    assert train.main(train_args(folder, tmp_path)) == 1  # batch 40
+    err = capsys.readouterr().err
+    assert "30 training images are fewer than one batch (data.batch_size=40)" in err and "at most 30" in err
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("method", [["configs/pretrain/supcon_coarse_cifar10.yaml"],
                                     ["configs/pretrain/quick.yaml", "method.coarse_weight=0.5"]])
 def test_methods_that_need_labels_refuse_unlabelled_images(method, jpegs, tmp_path, capsys):
