@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from lightning_modules.label_use import unlabelled_refusal
 
     refusal = unlabelled_refusal(cfg.method, cfg.data) if not datamodule.info.num_fine else ""
+    refusal = refusal or datamodule.fewer_than_a_batch()
     if refusal:
         print(f"data error: {refusal}", file=sys.stderr)
         return 1
