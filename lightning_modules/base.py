@@ -129,7 +129,7 @@ class PretrainModule(pl.LightningModule):
         self.watch_finite(loss)
         if self.logging_step() or batch_idx == 0:  # the first step on an epoch's saved weights is checked at once
             self.check_finite()
-        self.log_step("train/loss", loss, prog_bar=True)
+        self.log_step("train/loss", loss)  # the bar shows it from the loggers (run_progress.py)
         return loss + self.online_probe_loss(feats[0], batch)
 
     def watch_finite(self, loss: torch.Tensor) -> None:

@@ -8,12 +8,13 @@ import pytorch_lightning as pl
 import torch
 from torchvision.utils import make_grid, save_image
 
+from lightning_modules.host_reads import logging_step
+
 
 class Throughput(pl.Callback):
-    """Images/s over windows of steps (wall clock, no device sync inside the window)."""
+    """Images/s from one logging step to the next (wall clock; the device is synchronised on logging steps only)."""
 
-    def __init__(self, window: int = 20):
-        self.window = window
+    def __init__(self):
         self._start, self._images = None, 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -22,15 +23,20 @@ class Throughput(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self._images += batch["image"].shape[0] * trainer.world_size
-        if (batch_idx + 1) % self.window == 0 or batch_idx + 1 == trainer.num_training_batches:
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            elapsed = time.perf_counter() - self._start
-            pl_module.log("perf/images_per_sec", self._images / elapsed, rank_zero_only=True)
-            self._start = None
+        if logging_step(trainer.global_step - 1, trainer.log_every_n_steps):  # the only steps that may wait
+            self._log(pl_module)
 
     def on_train_epoch_end(self, trainer, pl_module):
+        if self._images:
+            self._log(pl_module)
         self._start = None
+
+    def _log(self, pl_module) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - self._start
+        pl_module.log("perf/images_per_sec", self._images / elapsed, rank_zero_only=True)
+        self._start, self._images = None, 0
 
 
 class ViewGrid(pl.Callback):
@@ -38,20 +44,27 @@ class ViewGrid(pl.Callback):
 
     def __init__(self, out_dir: str | Path, every_n_epochs: int = 1, samples: int = 8):
         self.out_dir, self.every, self.samples = Path(out_dir), every_n_epochs, samples
+        self._tiles: tuple[torch.Tensor, int] | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if batch_idx != 0 or not self.every or trainer.current_epoch % self.every or trainer.global_rank != 0:
             return
-        from datamodules.augment import denormalize
-
-        cfg = pl_module.cfg.augment
         size = batch["views"][0].shape[-1]
         views = [
             torch.nn.functional.interpolate(v[: self.samples].float(), size=size, mode="nearest")
             for v in batch["views"]
         ]
         tiles = torch.stack(views, dim=1).flatten(0, 1)  # sample-major: one row per sample
-        grid = make_grid(denormalize(tiles, cfg.mean, cfg.std).cpu(), nrow=len(views), padding=1)
+        self._tiles = (tiles.detach().clone(), len(views))  # drawn at the epoch's end: no host read inside a step
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self._tiles is None:
+            return
+        from datamodules.augment import denormalize
+
+        (tiles, columns), self._tiles = self._tiles, None
+        cfg = pl_module.cfg.augment
+        grid = make_grid(denormalize(tiles, cfg.mean, cfg.std).cpu(), nrow=columns, padding=1)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"views_epoch{trainer.current_epoch:03d}.png"
         save_image(grid, path)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pytorch_lightning.callbacks import RichProgressBar
 
+from lightning_modules.host_reads import logging_step
 from lightning_modules.run_clock import BatchRate, batches_done, clock, run_batches
 
 
@@ -29,6 +30,7 @@ class RunProgressBar(RichProgressBar):
         super().__init__(**kwargs)
         self.rate = BatchRate()
         self._last_batch_idx: int | None = None
+        self.loss: float | None = None  # train/loss as last written to the loggers
 
     def on_train_start(self, trainer, pl_module):
         self.rate.start()
@@ -43,11 +45,15 @@ class RunProgressBar(RichProgressBar):
         images = batch["image"].shape[0] if isinstance(batch, dict) and "image" in batch else 0
         self.rate.batch_done(images * trainer.world_size)
         self._last_batch_idx = batch_idx
+        if logging_step(trainer.global_step - 1, trainer.log_every_n_steps) and "train/loss" in trainer.logged_metrics:
+            # read on a logging step only: a tensor logged with prog_bar would be read on the host every step
+            self.loss = float(trainer.logged_metrics["train/loss"])
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def get_metrics(self, trainer, pl_module):
         logged = super().get_metrics(trainer, pl_module)
-        return {**run_summary(trainer, self.rate, self._last_batch_idx), **logged}
+        loss = {} if self.loss is None else {"loss": f"{self.loss:.3f}"}
+        return {**run_summary(trainer, self.rate, self._last_batch_idx), **loss, **logged}
 
     def _get_train_description(self, current_epoch: int) -> str:
         # Lightning's own reads "Epoch 0/399" for the first of 400 epochs.

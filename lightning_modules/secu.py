@@ -77,7 +77,7 @@ class SeCu(PretrainModule):
         Returns (B, H) global labels: this step's, and the targets' (the previous epoch's; this step's in epoch 0).
         """
         m = self.method_cfg
-        labels, _ = assign(x_mean.float(), centers.float(), self.duals, self.head_offsets, kernel=m.kernel)
+        labels, _ = assign(x_mean.float(), centers.float(), self.duals, self.offsets, kernel=m.kernel)
         all_labels, ids = gather_no_grad(labels), gather_no_grad(index)
         self.duals.copy_(size_dual_step(self.duals, all_labels, self.dual_targets, m.dual_lr, clamp=m.ratio < 1))
         self.counts += label_histogram(all_labels, self.counts.shape[0])
@@ -99,11 +99,13 @@ class SeCu(PretrainModule):
                       + center_loss(x2, centers, labels, self.offsets, m.center_temperature)) / 2
             loss_x = representation_loss(x1 @ self.epoch_centers.T / m.temperature,
                                          x2 @ self.epoch_centers.T / m.temperature, targets, self.offsets, m.tau)
-        self.log_dict({"train/center_loss": loss_c, "train/representation_loss": loss_x})
+        self.log_step("train/center_loss", loss_c)
+        self.log_step("train/representation_loss", loss_x)
         return loss_x + loss_c
 
     def on_train_epoch_end(self) -> None:
         """Per head: the smallest cluster over the mean size (the bound is r); the duals' max; label churn."""
+        super().on_train_epoch_end()
         logs = {}
         for head, s in enumerate(head_slices(self.offsets)):
             sizes = self.counts[s].float()
