@@ -60,6 +60,9 @@ def _without_resume_key(config_yaml: str) -> list[str]:
 class RunDirError(OSError):
     """The run directory cannot be created or written; the message names it and the fix."""
 
+    def __str__(self) -> str:
+        return self.strerror
+
 
 def _new_run_dir(parent: Path) -> Path:
     """``parent/<timestamp>``, created here and by no one else: ``os.mkdir`` fails on a name that exists, so a twin

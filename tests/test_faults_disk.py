@@ -1,0 +1,140 @@
+"""A disk that fills up, a kill during a save, a read-only run directory, a checkpoint folder on another file system
+than the system temp: one paragraph and a non-zero exit, every intact checkpoint and log kept, and a resume that
+ends on the uninterrupted run's weights (issue 34, item 1 and 'done when')."""
+import errno
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from fault_runs import (args_for, assert_same_weights, cli, copy_run, failing_writes, fault_tree,  # noqa: F401
+                        last_paragraph, simclr_reference, snapshot)
+from lightning_modules.atomic_save import TEMP_SUFFIX
+from tiny_data import run_dirs
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _step(checkpoint: Path) -> int:
+    return torch.load(checkpoint, weights_only=True)["global_step"]
+
+
+def _printed_resume(message: str) -> list[str]:
+    return shlex.split(message.split("resume with: ")[1])[2:]
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_the_resume_finishes_the_run(fault_tree, simclr_reference, tmp_path,
+                                                                               monkeypatch, capsys):
+    with failing_writes(monkeypatch, "last.ckpt", errno.ENOSPC, after_files=1):  # epoch 0's save lands, epoch 1's not
+        status, err = cli(args_for("simclr", fault_tree, tmp_path), capsys)
+    [run_dir] = run_dirs(tmp_path)
+    checkpoints = run_dir / "checkpoints"
+    message = last_paragraph(err)
+    assert status == 1, err
+    assert message.startswith(f"checkpoint error: could not save last.ckpt in {checkpoints}: the disk is full"), message
+    assert "The checkpoint needs " in message and " MB" in message and "is kept" in message
+    assert f"resume with: python train.py configs/pretrain/simclr_cifar10.yaml" in message and f"resume={run_dir}" in message
+    assert _step(checkpoints / "last.ckpt") == 2  # epoch 0's, whole
+    assert not [p for p in checkpoints.iterdir() if p.name.endswith(TEMP_SUFFIX)]  # the partial copy is gone
+    assert (run_dir / "csv" / "metrics.csv").is_file()
+
+    assert cli(_printed_resume(message), capsys)[0] == 0  # space freed: the printed command finishes the run
+    assert run_dirs(tmp_path) == [run_dir]
+    assert_same_weights(checkpoints / "last.ckpt", simclr_reference / "checkpoints" / "last.ckpt")
+
+
+KILL_DURING_SAVE = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+import train
+from lightning_modules.cli_errors import run_cli
+real_write, seen = os.write, []
+def write(fd, data):
+    name = os.path.basename(os.readlink(f"/proc/self/fd/{{fd}}"))
+    if ".last.ckpt." in name:
+        seen.append(name) if name not in seen else None
+        if len(seen) == 2:  # the second save of last.ckpt: half of it, then SIGKILL
+            real_write(fd, bytes(data[: len(data) // 2]))
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real_write(fd, data)
+os.write = write
+sys.exit(run_cli(train.main, {args!r}))
+"""
+
+
+def test_kill_9_during_a_save_leaves_the_previous_checkpoint_whole(fault_tree, simclr_reference, tmp_path, capsys):
+    args = args_for("simclr", fault_tree, tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE.format(tests=str(REPO / "tests"), args=args)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == -9, done.stderr[-2000:]
+    [run_dir] = run_dirs(tmp_path)
+    checkpoints = run_dir / "checkpoints"
+    assert _step(checkpoints / "last.ckpt") == 2  # epoch 0's last.ckpt, untouched by the cut-off save
+    [partial] = [p for p in checkpoints.iterdir() if p.name.endswith(TEMP_SUFFIX)]  # what the kill left
+
+    assert cli([*args, "resume=auto"], capsys)[0] == 0
+    assert partial.is_file()  # never a resume candidate, never deleted
+    assert_same_weights(checkpoints / "last.ckpt", simclr_reference / "checkpoints" / "last.ckpt")
+
+
+def test_checkpoints_on_another_file_system_than_the_system_temp(fault_tree, tmp_path, monkeypatch, capsys):
+    """A rename across file systems fails with EXDEV: here every rename or move out of another directory does, and
+    the system temp directory is elsewhere. The checkpoints never leave their folder, so the run is unaffected."""
+    elsewhere = tmp_path / "system-temp"
+    elsewhere.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(elsewhere))
+    real_replace, real_rename = os.replace, os.rename
+
+    def same_folder_only(real):
+        def move(src, dst, *a, **k):
+            if Path(src).resolve().parent != Path(dst).resolve().parent:
+                raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(src), None, str(dst))
+            return real(src, dst, *a, **k)
+        return move
+
+    monkeypatch.setattr(os, "replace", same_folder_only(real_replace))
+    monkeypatch.setattr(os, "rename", same_folder_only(real_rename))
+    status, err = cli(args_for("simclr", fault_tree, tmp_path, "trainer.max_epochs=2"), capsys)
+    assert status == 0, err
+    checkpoints = run_dirs(tmp_path)[0] / "checkpoints"
+    assert _step(checkpoints / "last.ckpt") == 4 and _step(checkpoints / "epoch001.ckpt") == 4
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_read_only_run_directory_ends_before_anything_changes(simclr_reference, fault_tree, tmp_path, monkeypatch,
+                                                                capsys):
+    run_dir = copy_run(simclr_reference, tmp_path)
+    before = snapshot(run_dir)
+    real_open = os.open
+
+    def read_only(path, flags, *a, **k):  # a read-only mount of the run directory (root ignores chmod)
+        if str(path).startswith(str(run_dir)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *a, **k)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "open", read_only)
+        status, err = cli(args_for("simclr", fault_tree, tmp_path, f"resume={run_dir}", "trainer.max_epochs=4"), capsys)
+    assert status == 2, err
+    assert last_paragraph(err) == (
+        f"run directory error: cannot write into the run directory {run_dir}: it is on a read-only file system. "
+        "Nothing was changed in it. Make it writable again (or copy the run elsewhere and resume=<the copy>)")
+    assert snapshot(run_dir) == before
+
+
+def test_a_run_directory_that_cannot_be_created(fault_tree, tmp_path, monkeypatch, capsys):
+    blocked = tmp_path / "runs"
+    blocked.write_text("a file where the runs folder would go\n")
+    status, err = cli(args_for("simclr", fault_tree, tmp_path), capsys)
+    assert status == 2 and last_paragraph(err).startswith("run directory error: cannot write into the run directory")
+    assert "Set run_dir= to a writable folder" in err
+    assert blocked.read_text() == "a file where the runs folder would go\n"
+    shutil.rmtree(tmp_path / "cache", ignore_errors=True)
