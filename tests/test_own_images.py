@@ -136,10 +136,11 @@ def test_unlabelled_folder_trains_exports_and_evaluates_on_the_labelled_set_besi
     backbone.load_state_dict(load_file(export), strict=True)
 
 
-def test_resume_on_unlabelled_folder_keeps_instance_ids_and_coke_memory(jpegs, tmp_path):
+def test_resume_on_unlabelled_folder_keeps_instance_ids_and_coke_memory(jpegs, tmp_path, caplog):
     photos = nested_folder(jpegs, tmp_path / "photos")
     coke = ["method.num_clusters=[8,10]", "trainer.max_epochs=1"]
     assert train.main(train_args(photos, tmp_path, *coke, config="configs/pretrain/quick.yaml")) == 0
+    assert sum("online probe off" in r.getMessage() for r in caplog.records) == 1  # said once, with the fix
     run = run_dirs(tmp_path)[-1]
     cfg = folder_cfg(photos, tmp_path)
     before = load_split(cfg, "pretrain")
