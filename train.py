@@ -37,11 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     from lightning_modules.library_dirs import keep_library_caches_in
 
     keep_library_caches_in(peek(args.config, args.overrides, "data.cache_dir", default_cache_dir()))  # before imports
-    from lightning_modules.cpu_run import SlowCpuRun
-    from lightning_modules.loggers import finish_loggers
+    from lightning_modules import fit_outcome
     from lightning_modules.registry import method_class, method_schemas
     from lightning_modules.loggers import check_logger
-    from lightning_modules.resume import resolve_resume
+    from lightning_modules.resume import resolve_resume, resume_command
+    from lightning_modules.resume_match import check_fits, check_same_model
     from lightning_modules.runs import build_trainer, check_trainer_keys, prepare_run_dir
 
     try:
@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     run_name = cfg.run_name or Path(args.config).stem
     resume = resolve_resume(cfg, run_name)  # before any work: a bad checkpoint or logger ends here (run_cli)
+    if resume:
+        check_same_model(resume, to_plain(cfg), args.config)
     check_logger(cfg.logger)
 
     import pytorch_lightning as pl
@@ -79,19 +81,18 @@ def main(argv: list[str] | None = None) -> int:
         model = method_class(cfg.method.name)(to_plain(cfg), asdict(datamodule.info))
     except ValueError as err:  # a method refusing a combination of settings, e.g. method.assign_on=clean alone
         raise ConfigError(str(err)) from err
+    if resume:
+        check_fits(resume, model, to_plain(cfg), args.config)
     run_dir = prepare_run_dir(cfg, run_name, resume)
     trainer = build_trainer(cfg, run_dir, run_name, resume.global_step if resume else None)
     from lightning_modules.evaluation.knn_monitor import knn_monitor
 
     if monitor := knn_monitor(datamodule, cfg.augment):  # data.labelled: the online probe of unlabelled images
         trainer.callbacks.append(monitor)
-    try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resume.checkpoint if resume else None, weights_only=True)
-    except SlowCpuRun as stop:  # the notice above it says what it costs and what to run instead
-        print(stop, file=sys.stderr)
-        return 3
-    finally:
-        finish_loggers(trainer.loggers)
+    status = fit_outcome.fit(trainer, model, datamodule, resume.checkpoint if resume else None, run_dir,
+                             resume_command(args.config, args.overrides, run_dir))
+    if status:
+        return status
     if trainer.global_rank == 0:
         print(f"run directory: {run_dir}\ncheckpoint: {run_dir / 'checkpoints' / 'last.ckpt'}")
         print(f"evaluate with: python evaluate.py {run_dir / 'checkpoints' / 'last.ckpt'}")
