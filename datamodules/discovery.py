@@ -12,7 +12,7 @@ from datamodules.datasets import LabeledImages
 from datamodules.errors import MissingDataError
 from datamodules.hierarchy import coarse_labels, load_hierarchy_json
 from datamodules.registry import dataset_spec
-from datamodules.sources import DecodedSplit, _is_pickle_dir  # noqa: F401 - _is_pickle_dir: jpeg_stream imports it here
+from datamodules.sources import DecodedSplit, _is_pickle_dir
 from datamodules.spec import SPLITS
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,8 @@ def locate_source(cfg) -> Path:
     if cfg.path:
         path = Path(cfg.path).expanduser()
         if not path.exists():
-            raise MissingDataError(f"data.path={cfg.path} does not exist. Point data.path at the data set: {spec.about}")
+            raise MissingDataError(f"data.path={cfg.path} does not exist. Point data.path at the data set: "
+                                   f"{spec.about}")
         return path
     if not spec.root_names:
         raise MissingDataError(f"data.name={cfg.name} needs data.path: {spec.about}")

@@ -97,8 +97,9 @@ def read_unlabelled(path: Path, names: list[str], skip_corrupt: bool, image_size
             decoded[name] = decode_rgb(data, image_size)
         except DECODE_ERRORS as err:
             if not skip_corrupt:
+                reason = str(err).splitlines()[0] if str(err) else type(err).__name__
                 raise CorruptImageError(
-                    f"cannot decode image {path}:{name} ({str(err).splitlines()[0] if str(err) else type(err).__name__}). "
+                    f"cannot decode image {path}:{name} ({reason}). "
                     "Fix or remove the file, or set data.skip_corrupt=true to skip undecodable images"
                 ) from None
             skipped.append(name)
@@ -134,7 +135,8 @@ def _concat(labelled: DecodedSplit, extra: DecodedSplit) -> DecodedSplit:
 def read_folder(cfg, path: Path, split: str) -> DecodedSplit:
     """One split of a folder source: ``pretrain`` (what trains), or the labelled ``train`` / ``test``."""
     if _is_pickle_dir(path):  # data.name=folder pointed at CIFAR pickles still reads them
-        return read_cifar_pickles(path, "train" if split == "pretrain" else split, 100 if (path / "meta").is_file() else 10)
+        classes = 100 if (path / "meta").is_file() else 10
+        return read_cifar_pickles(path, "train" if split == "pretrain" else split, classes)
     files = list_files(path)
     labelled = is_labelled(files)
     if split != "pretrain" and not labelled:
@@ -145,7 +147,8 @@ def read_folder(cfg, path: Path, split: str) -> DecodedSplit:
     if not labelled:
         if not names:
             raise _no_images(path, files)
-        log.info("data: %s has no train/<class>/ folders: pretraining on its %d images without labels", path, len(names))
+        log.info("data: %s has no train/<class>/ folders: pretraining on its %d images without labels",
+                 path, len(names))
         return read_unlabelled(path, names, cfg.skip_corrupt, cfg.image_size)
     train = read_image_tree(path, "train", skip_corrupt=cfg.skip_corrupt, image_size=cfg.image_size)
     if not names:

@@ -189,7 +189,8 @@ def load_jpeg_split(cfg, split: str, train_classes: list[str] | None = None) -> 
     split = "train" if split == "pretrain" and dataset_spec(cfg.name).pretrain_is_train else split
     if _is_pickle_dir(path) or is_stl10_dir(path):
         raise DataError(f"data.format=jpeg needs encoded images, but {path} holds already decoded arrays (CIFAR "
-                        "pickles or STL-10 binaries). Use data.format=decoded, or point data.path at a folder or .tar of JPEGs")
+                        "pickles or STL-10 binaries). Use data.format=decoded, or point data.path at a folder or "
+                        ".tar of JPEGs")
     store, fine, class_names = list_encoded(path, split)
     decoded = DecodedSplit(images=store, fine=fine, class_names=class_names)
     if split == "test":  # labels follow train's class list (datamodules/class_lists.py)

@@ -13,7 +13,7 @@ import torch
 import evaluate
 import train
 from configs.loader import load_config
-from datamodules import CorruptImageError, DataError, PretrainDataModule, load_split
+from datamodules import CorruptImageError, DataError, load_split
 from datamodules.errors import NoLabelsError
 from datamodules.sources import decode_rgb
 from own_images import flat_folder, labelled_tree, nested_folder, pixels, real_jpegs, reencoded, tar_of
@@ -27,7 +27,8 @@ def jpegs(cifar10_tar, cache_dir, tmp_path_factory):
 
 
 def folder_cfg(path, tmp_path, *extra):
-    return load_config(None, ["data.name=folder", f"data.path={path}", f"data.cache_dir={tmp_path / 'cache'}", *extra]).data
+    overrides = ["data.name=folder", f"data.path={path}", f"data.cache_dir={tmp_path / 'cache'}", *extra]
+    return load_config(None, overrides).data
 
 
 def test_flat_nested_and_tar_rows_are_the_images_in_sorted_path_order(jpegs, tmp_path):
@@ -157,5 +158,6 @@ def test_resume_on_unlabelled_folder_keeps_instance_ids_and_coke_memory(jpegs, t
                                  f"resume={run}", config="configs/pretrain/quick.yaml")) == 0
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 4  # the run continued: 2 epochs of 2 steps (80 images, batch 40)
-    memory = next(v for k, v in ckpt["state_dict"].items() if k.endswith(("clustering.labels", "clustering.label_memory")))
+    memory = next(v for k, v in ckpt["state_dict"].items()
+                  if k.endswith(("clustering.labels", "clustering.label_memory")))
     assert memory.shape[0] == 80 and (memory >= 0).all()  # one row per instance, every one assigned

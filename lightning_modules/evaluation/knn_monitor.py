@@ -41,7 +41,8 @@ class KnnMonitor(pl.Callback):
         bank = embed(module, self.bank_images, transform, self.batch_size)
         queries = embed(module, self.query_images, transform, self.batch_size)
         k = min(K, len(bank))
-        scores = weighted_knn_scores(queries, bank, torch.from_numpy(self.bank.fine), self.num_classes, [k], TEMPERATURE)[k]
+        bank_labels = torch.from_numpy(self.bank.fine)
+        scores = weighted_knn_scores(queries, bank, bank_labels, self.num_classes, [k], TEMPERATURE)[k]
         labels = torch.from_numpy(self.queries.fine).to(scores.device)
         return (scores.argmax(1) == labels).float().mean().item()
 
