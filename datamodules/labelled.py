@@ -46,7 +46,7 @@ def labelled_cfg(cfg):
     else:
         raise MissingDataError(f"data.labelled={value} is neither an existing path nor a data set name. Give "
                                f"{LABELLED_HELP}")
-    return OmegaConf.merge(cfg, {"name": name, "path": source, "labelled": "", "subset": 0.0})
+    return OmegaConf.merge(cfg, {"name": name, "path": source, "labelled": ""})
 
 
 def no_labels_message(cfg, what: str) -> str:

@@ -122,10 +122,10 @@ def test_unlabelled_folder_trains_exports_and_evaluates_on_the_labelled_set_besi
     assert "evaluate.py needs labelled images" in err and "data.labelled=" in err and "Traceback" not in err
 
     out = tmp_path / "eval"
-    assert evaluate.main([str(ckpt), "protocol=knn", "levels=fine", "knn.ks=[5]", f"out_dir={out}"]) == 0
+    assert evaluate.main([str(ckpt), "protocol=knn", "levels=fine", "knn.ks=[5]", "data.subset=5", f"out_dir={out}"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["data"]["name"] == "folder" and report["data"]["source"] == str(labelled)
-    assert report["data"]["splits"]["test"]["images"] == 30
+    assert report["data"]["splits"]["test"]["images"] == 30 and report["data"]["splits"]["train"]["images"] == 50
     assert any(r["protocol"] == "knn" and r["level"] == "fine" for r in report["results"])
 
     export = tmp_path / "backbone.safetensors"
