@@ -150,6 +150,7 @@ class PretrainConfig:
     run_dir: str = "runs"
     run_name: str = ""  # empty: <config name>-<timestamp>
     resume: str = ""  # path to a checkpoint, or "auto" (newest last.ckpt of this run name)
+    init_backbone: str = ""  # a new run's backbone from this checkpoint (.ckpt, run directory or .safetensors)
     max_time_minutes: float = 0.0  # 0: no wall-clock budget
     # On the CPU a run estimated over an hour stops after its first batches (lightning_modules/cpu_run.py); true: go on
     allow_slow_cpu: bool = False
