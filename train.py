@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from lightning_modules.resume import resolve_resume, resume_command
     from lightning_modules.resume_match import check_fits, check_same_model
     from lightning_modules.runs import build_trainer, check_trainer_keys, prepare_run_dir
+    from lightning_modules.warm_start import apply_warm_start, load_warm_start
 
     try:
         cfg = load_config(args.config, args.overrides, method_schemas())
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     resume = resolve_resume(cfg, run_name)  # before any work: a bad checkpoint or logger ends here (run_cli)
     if resume:
         check_same_model(resume, to_plain(cfg), args.config)
+    warm_start = load_warm_start(cfg)
     check_logger(cfg.logger)
 
     import pytorch_lightning as pl
@@ -83,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(str(err)) from err
     if resume:
         check_fits(resume, model, to_plain(cfg), args.config)
+    if warm_start:
+        apply_warm_start(model, warm_start, cfg.model)
     run_dir = prepare_run_dir(cfg, run_name, resume)
     trainer = build_trainer(cfg, run_dir, run_name, resume.global_step if resume else None)
     from lightning_modules.evaluation.knn_monitor import knn_monitor

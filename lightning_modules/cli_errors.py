@@ -15,6 +15,7 @@ KNOWN_ERRORS = {
     "LoggerUnavailableError": ("logger error", 2),
     "ResumeError": ("resume error", 2),
     "RunDirError": ("run directory error", 2),
+    "WarmStartError": ("init_backbone error", 2),
     "CheckpointSaveError": ("checkpoint error", 1),
     "UnsafeCheckpointError": ("checkpoint error", 2),
     "CheckpointReadError": ("checkpoint error", 2),

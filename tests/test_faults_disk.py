@@ -138,3 +138,19 @@ def test_a_run_directory_that_cannot_be_created(fault_tree, tmp_path, monkeypatc
     assert "Set run_dir= to a writable folder" in err
     assert blocked.read_text() == "a file where the runs folder would go\n"
     shutil.rmtree(tmp_path / "cache", ignore_errors=True)
+
+
+def test_a_full_disk_during_an_export_keeps_the_previous_export(simclr_reference, tmp_path, monkeypatch, capsys):
+    import evaluate
+    from lightning_modules.cli_errors import run_cli
+
+    out = tmp_path / "export" / "backbone.safetensors"
+    checkpoint = simclr_reference / "checkpoints" / "epoch000.ckpt"
+    assert evaluate.main([str(checkpoint), f"export={out}"]) == 0
+    first = out.read_bytes()
+    with failing_writes(monkeypatch, "backbone.safetensors", errno.ENOSPC):
+        status = run_cli(evaluate.main, [str(simclr_reference / "checkpoints" / "last.ckpt"), f"export={out}"])
+    err = capsys.readouterr().err
+    assert status == 1 and last_paragraph(err).startswith(
+        f"checkpoint error: could not save backbone.safetensors in {out.parent}: the disk is full")
+    assert out.read_bytes() == first and sorted(p.name for p in out.parent.iterdir()) == ["backbone.json", out.name]

@@ -5,10 +5,11 @@ import logging
 import time
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from configs.loader import load_config
-from fault_runs import (args_for, assert_same_weights, cli, copy_run, fault_tree, last_paragraph,  # noqa: F401
+from fault_runs import (args_for, cli, copy_run, extra_callback, fault_tree, last_paragraph,  # noqa: F401
                         simclr_reference, snapshot)
 from lightning_modules.registry import method_schemas
 from lightning_modules.runs import prepare_run_dir
@@ -54,6 +55,7 @@ def test_another_methods_checkpoint_is_refused_before_anything_is_written(simclr
     assert ("is a checkpoint of simclr on test_resnet, but configs/pretrain/quick.yaml trains coke on test_resnet"
             in message)
     assert f"python train.py {simclr_reference / 'config.yaml'} resume={simclr_reference}" in message
+    assert f"replace resume= by init_backbone={simclr_reference / 'checkpoints'}/" in message
     assert snapshot(simclr_reference) == before  # no config-resumed-*.yaml in the other run
     assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()  # nothing written, no data read
 
@@ -96,4 +98,32 @@ def test_a_config_with_several_errors_names_them_all(tmp_path, capsys):
     assert status == 2 and message.startswith("config error: 3 problems in the config, fix them all: (1) wrong type "
                                               f"for config key `optim.lr` (from {config}, line 3)")
     assert "(2) `data.batch_size=0` is out of range" in message and "(3) `optim.momentum=2.0` is out of range" in message
+    assert not (tmp_path / "runs").exists()
+
+
+def test_init_backbone_starts_a_new_run_from_another_methods_backbone(simclr_reference, fault_tree, tmp_path,
+                                                                     monkeypatch, capsys):
+    """What the refusal above offers instead: CoKe's first step runs on SimCLR's backbone, in a new run directory."""
+    seen = {}
+
+    class BackboneAtStart(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            seen.update({k: v.clone() for k, v in pl_module.backbone.state_dict().items()})
+
+    before = snapshot(simclr_reference)
+    with extra_callback(monkeypatch, BackboneAtStart()):
+        status, err = cli(args_for("coke", fault_tree, tmp_path, f"init_backbone={simclr_reference}",
+                                   "trainer.max_epochs=1"), capsys)
+    assert status == 0, err
+    simclr = torch.load(simclr_reference / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert seen and all(torch.equal(v, simclr[f"backbone.{k}"]) for k, v in seen.items())
+    assert snapshot(simclr_reference) == before and len(run_dirs(tmp_path)) == 1
+
+
+def test_init_backbone_that_does_not_fit_is_refused_before_the_run_directory(simclr_reference, fault_tree, tmp_path,
+                                                                             capsys):
+    status, err = cli(args_for("coke", fault_tree, tmp_path, f"init_backbone={simclr_reference}",
+                               "model.backbone=resnet18"), capsys)
+    assert status == 2 and last_paragraph(err).startswith(f"init_backbone error: init_backbone={simclr_reference}")
+    assert "holds test_resnet weights that do not fit model.backbone=resnet18" in err
     assert not (tmp_path / "runs").exists()

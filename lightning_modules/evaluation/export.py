@@ -12,8 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_file
+from safetensors.torch import save
 
+from lightning_modules.atomic_save import atomic_write_bytes
 from lightning_modules.backbone import backbone_state_for_timm
 from lightning_modules.evaluation.checkpoints import EXPORT_METADATA_KEY, EvalSource, build_eval_backbone, sidecar_path
 
@@ -46,7 +47,7 @@ def export_backbone(source: EvalSource, cfg: Any, out_path: str | Path) -> Path:
         raise ValueError(f"export={out_path}: the file name must end in .safetensors")
     backbone, feat_dim = build_eval_backbone(source, cfg.model, cfg.seed)  # fails here if the weights do not fit
     info = export_info(source, _plain(cfg.model), _plain(cfg.augment), _plain(cfg.data), feat_dim)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(backbone_state_for_timm(backbone), str(out_path), metadata={EXPORT_METADATA_KEY: json.dumps(info)})
-    sidecar_path(out_path).write_text(json.dumps(info, indent=2) + "\n")
+    # atomic, as every checkpoint: a full disk or a kill leaves the previous export whole
+    atomic_write_bytes(out_path, save(backbone_state_for_timm(backbone), metadata={EXPORT_METADATA_KEY: json.dumps(info)}))
+    atomic_write_bytes(sidecar_path(out_path), (json.dumps(info, indent=2) + "\n").encode())
     return out_path
