@@ -8,9 +8,10 @@
 #   bash benchmarks/gpu_suite.sh --dry-run   on the CPU: every stage at tiny sizes (argument names, imports, output
 #                                            files), skipping only what needs CUDA
 #
-# Stages: CUDA tests (pytest -m cuda), P1 assign.py, P3 step.py, augment.py, P2 time_to_accuracy.py (CoKe, SimCLR).
-# A failed stage is recorded and the next one runs. Output: summary.md plus one raw log per stage under $OUT
-# (./gpu-results/ when $OUT is unset), at most 8 files; the summary is printed last.
+# Stages: CUDA tests (pytest -m cuda), P1 assign.py, P3 step.py, profile_loop.py (the real loop of one-view CoKe and
+# SimCLR under torch.profiler), augment.py, P2 time_to_accuracy.py (CoKe, SimCLR).
+# A failed stage is recorded and the next one runs. Output under $OUT (./gpu-results/ when $OUT is unset): summary.md
+# and logs.tar.gz (one raw log per stage), two files of the 8 a device call brings back; the summary is printed last.
 set -euo pipefail
 
 # ---- settings the lead may change -----------------------------------------------------------------------------------
@@ -175,6 +176,8 @@ run_stages() {
         stage p1-assign 90 "$PY" benchmarks/assign.py --rows 4096 --clusters 3000+4000+5000 --dims 128
         stage p3-step 120 "$PY" benchmarks/step.py --methods coke,simclr --reference simclr --backbone resnet18 \
             --batch-size 512 --device cuda --precision bf16-mixed --set model.cifar_stem=true model.channels_last=true
+        stage profile 150 "$PY" benchmarks/profile_loop.py --config "$COKE_CONFIG" --config "$SIMCLR_CONFIG" \
+            --device cuda --steps 50 --warmup 15 --set data.batch_size=512 trainer.precision=bf16-mixed
         stage augment 75 "$PY" benchmarks/augment.py --config "$COKE_CONFIG" --device cuda --workers 4,8,16 \
             --batch-size 512 --batches 20 --warmup 3
     else
@@ -184,6 +187,9 @@ run_stages() {
         stage p3-step "$cap" "$PY" benchmarks/step.py --methods coke,simclr --reference simclr --backbone test_resnet \
             --batch-size 8 --steps 2 --warmup 1 --num-images 64 --device cpu --precision 32 --threads 1 \
             --set model.cifar_stem=false model.channels_last=true
+        stage profile "$cap" "$PY" benchmarks/profile_loop.py --config "$COKE_CONFIG" --config "$SIMCLR_CONFIG" \
+            --device cpu --steps 2 --warmup 1 --set model.backbone=test_resnet model.cifar_stem=false \
+            data.batch_size=16 data.subset=60 data.eval_subset=2 trainer.precision=32
         stage augment "$cap" "$PY" benchmarks/augment.py --config "$COKE_CONFIG" --device cpu --workers 0 \
             --kornia-workers 0 --batch-size 16 --batches 2 --warmup 1 --num-images 64 --threads 1
     fi
@@ -224,7 +230,7 @@ write_summary() {
         echo
         echo "- device: ${device:-unknown}"
         echo "- wall time: $(($(now) - START)) s of $((END - START)) s; CoKe config for P2 and augment: $COKE_CONFIG"
-        echo "- raw logs beside this file: <stage>.log"
+        echo "- raw logs: logs.tar.gz beside this file (<stage>.log each)"
         echo
         echo "| stage | status | seconds | CPU seconds |"
         echo "|---|---|---:|---:|"
@@ -248,7 +254,7 @@ write_summary() {
 run_suite() {
     OUT_DIR=${OUT:-$REPO/gpu-results}
     mkdir -p "$OUT_DIR"
-    rm -f "$OUT_DIR"/*.log "$OUT_DIR/summary.md"
+    rm -f "$OUT_DIR"/*.log "$OUT_DIR/summary.md" "$OUT_DIR/logs.tar.gz"
     export SUITE_MODE PY
     export PYTHONUNBUFFERED=1 WANDB_MODE=disabled MPLBACKEND=Agg
     if [[ $SUITE_MODE == gpu ]]; then
@@ -270,6 +276,7 @@ run_suite() {
     END=$((START + SUITE_SECONDS))
     run_stages
     write_summary
+    (cd "$OUT_DIR" && tar -czf logs.tar.gz ./*.log && rm -f ./*.log)  # two files come back, not one per stage
     echo
     cat "$OUT_DIR/summary.md"
     local status

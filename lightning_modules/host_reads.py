@@ -2,13 +2,14 @@
 
 On a GPU every ``.item()``, ``.cpu()``, ``.tolist()``, ``bool(tensor)`` or boolean-mask index waits for the queued
 kernels, so the host cannot run ahead and the GPU idles between steps. ``torch.cuda.set_sync_debug_mode`` finds them
-on CUDA only; :class:`HostReads` finds the same calls on the CPU by wrapping those tensor methods, and the
+on CUDA only; :class:`HostReads` finds the same calls on the CPU by wrapping those tensor methods (:class:`CudaSyncs` collects CUDA's own reports the same way), and the
 :class:`StepTracker` callback files each read under the training step it happened in, with its source line.
 """
 from __future__ import annotations
 
 import collections
 import traceback
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def _package(frame) -> str:
 def _caller() -> tuple[str, str, str]:
     """The innermost frame outside torch (and the innermost of this project when that one is a library's), and the
     package of the former."""
-    frames = [f for f in traceback.extract_stack() if f.filename != __file__]
+    frames = [f for f in traceback.extract_stack() if f.filename != __file__ and "/warnings.py" not in f.filename]
     ours = [f for f in frames if Path(f.filename).is_relative_to(PROJECT) and ".venv" not in Path(f.filename).parts]
     outside_torch = [f for f in frames if "/torch/" not in f.filename] or frames
     inner = outside_torch[-1]
@@ -95,6 +96,28 @@ class HostReads:
         for read in self.reads:
             table[read.step][f"{read.what} at {read.where}"] += 1
         return dict(table)
+
+
+class CudaSyncs(HostReads):
+    """On CUDA: every synchronisation the CUDA caching allocator and copies report (``set_sync_debug_mode``), filed
+    like :class:`HostReads`' reads, with the source line (the warning's stack)."""
+
+    def __enter__(self) -> "CudaSyncs":
+        torch.cuda.set_sync_debug_mode("warn")
+        self._show, self._filters = warnings.showwarning, warnings.filters[:]
+        warnings.simplefilter("always", UserWarning)
+        warnings.showwarning = self._record
+        return self
+
+    def _record(self, message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" not in str(message):
+            return self._show(message, category, filename, lineno, file, line)
+        self.reads.append(Read(self.step, "CUDA sync", *_caller()))
+
+    def __exit__(self, *exc) -> None:
+        torch.cuda.set_sync_debug_mode(0)
+        warnings.showwarning = self._show
+        warnings.filters[:] = self._filters
 
 
 class StepTracker(pl.Callback):

@@ -3,6 +3,7 @@ runs every stage at tiny sizes on the CPU and writes the summary, so the GPU run
 sessions."""
 import os
 import subprocess
+import tarfile
 import sys
 from pathlib import Path
 
@@ -12,7 +13,8 @@ REPO = Path(__file__).resolve().parent.parent
 SUITE = REPO / "benchmarks" / "gpu_suite.sh"
 WHEELS = REPO.parent / "shared" / "wheels" / "gpu-py312"
 DRY_RUN_STATUS = {
-    "install": "ok", "cuda-tests": "ok", "p1-assign": "skipped: needs CUDA", "p3-step": "ok", "augment": "ok",
+    "install": "ok", "cuda-tests": "ok", "p1-assign": "skipped: needs CUDA", "p3-step": "ok", "profile": "ok",
+    "augment": "ok",
     "p2-coke": "ok", "p2-simclr": "ok",
 }
 
@@ -46,8 +48,12 @@ def test_dry_run_runs_every_stage_and_prints_the_summary_last(tmp_path, cifar10,
     summary = (tmp_path / "summary.md").read_text()
     assert result.returncode == 0, summary
     assert stage_table(summary) == DRY_RUN_STATUS, summary
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["summary.md", *(f"{s}.log" for s in DRY_RUN_STATUS)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs.tar.gz", "summary.md"]  # 2 of the 8 files allowed
+    with tarfile.open(tmp_path / "logs.tar.gz") as logs:
+        assert sorted(Path(n).name for n in logs.getnames() if n.endswith(".log")) == sorted(
+            f"{s}.log" for s in DRY_RUN_STATUS)
     assert result.stdout.rstrip().endswith(summary.rstrip())
     assert "skipped" in summary.split("## cuda-tests")[1].split("##")[0]  # the CUDA tests collect, then skip
-    for table in ("| method | ms/step |", "| pipeline | where | images/s |", "| epoch | train min |"):
+    for table in ("| method | ms/step |", "| pipeline | where | images/s |", "| epoch | train min |",
+                  "| loop / step |", "| Lightning action | host ms/step |", "| device-to-host sync (source) |"):
         assert table in summary, table

@@ -1,0 +1,19 @@
+"""On CUDA: no synchronisation in the training loop except on logging steps, every method, through train.py in
+bf16 with channels-last (``torch.cuda.set_sync_debug_mode`` reports each one with its source line). Skipped
+without CUDA; benchmarks/gpu_suite.sh runs it."""
+import pytest
+import torch
+
+from lightning_modules.host_reads import CudaSyncs
+from test_host_reads import METHODS, reads_outside_logging, train_counting_reads
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+ON_CUDA = ["trainer.accelerator=gpu", "trainer.precision=bf16-mixed", "model.channels_last=true"]
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_no_cuda_sync_between_logging_steps(method, tmp_path, cifar10_tar, cache_dir, monkeypatch):
+    config, overrides = METHODS[method]
+    syncs = train_counting_reads(config, [*overrides, *ON_CUDA], tmp_path, cifar10_tar, cache_dir, monkeypatch,
+                                 reads=CudaSyncs())
+    assert reads_outside_logging(syncs, exempt=set()) == {}
