@@ -73,6 +73,9 @@ class AugmentConfig:
     small_max_scale: float = 0.2
     color_jitter_strength: float = 1.0
     gaussian_blur: bool = False  # off for 32-px CIFAR, on for ImageNet-size images
+    # The blur's kernel side (odd); 0: about a tenth of the crop (3 px on CIFAR, which truncates sigma 2 to a near box
+    # filter). The official SeCu blur (PIL, radius = sigma up to 2) needs about 6 sigma + 1 = 13.
+    blur_kernel_size: int = 0
     mean: List[float] = field(default_factory=lambda: [0.4914, 0.4822, 0.4465])
     std: List[float] = field(default_factory=lambda: [0.2470, 0.2435, 0.2616])
     eval_resize: int = 32  # evaluation transform: resize shorter side, then centre crop to crop_size

@@ -11,13 +11,15 @@ import torch
 from torch import nn
 
 
-def _blur_kernel(size: int) -> int:
-    k = max(3, int(0.1 * size))  # about a tenth of the crop, as in SimCLR/BYOL
+def _blur_kernel(size: int, kernel: int = 0) -> int:
+    """``kernel`` (odd), else about a tenth of the crop, as in SimCLR/BYOL."""
+    k = kernel or max(3, int(0.1 * size))
     return k if k % 2 else k + 1
 
 
 def view_pipeline(
-    size: int, scale: tuple[float, float], jitter: float, blur_p: float, solarize_p: float, grayscale_p: float = 0.2
+    size: int, scale: tuple[float, float], jitter: float, blur_p: float, solarize_p: float, grayscale_p: float = 0.2,
+    blur_kernel: int = 0,
 ) -> nn.Sequential:
     steps = [
         K.RandomResizedCrop((size, size), scale=scale, cropping_mode="resample"),
@@ -26,7 +28,7 @@ def view_pipeline(
         K.RandomGrayscale(p=grayscale_p),
     ]
     if blur_p > 0:
-        steps.append(K.RandomGaussianBlur(_blur_kernel(size), (0.1, 2.0), p=blur_p))
+        steps.append(K.RandomGaussianBlur(_blur_kernel(size, blur_kernel), (0.1, 2.0), p=blur_p))
     if solarize_p > 0:
         steps.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=solarize_p))  # threshold 0.5
     return nn.Sequential(*steps)
@@ -55,14 +57,16 @@ class ViewAugmenter(nn.Module):
         large_scale = (cfg.min_scale, cfg.max_scale)
         blur = 1.0 if cfg.gaussian_blur else 0.0
         jitter = cfg.color_jitter_strength
+        kernel = cfg.blur_kernel_size
         size = cfg.view_size or cfg.crop_size
         if cfg.kind == "byol":
             pipes = [
-                view_pipeline(size, large_scale, jitter, blur_p=1.0 if cfg.gaussian_blur else 0.0, solarize_p=0.0),
-                view_pipeline(size, large_scale, jitter, blur_p=0.1 if cfg.gaussian_blur else 0.0, solarize_p=0.2),
+                view_pipeline(size, large_scale, jitter, blur_p=1.0 * blur, solarize_p=0.0, blur_kernel=kernel),
+                view_pipeline(size, large_scale, jitter, blur_p=0.1 * blur, solarize_p=0.2, blur_kernel=kernel),
             ]
         elif cfg.kind in ("simclr", "multicrop"):
-            pipes = [view_pipeline(size, large_scale, jitter, blur_p=0.5 * blur, solarize_p=0.0) for _ in range(2)]
+            pipes = [view_pipeline(size, large_scale, jitter, blur_p=0.5 * blur, solarize_p=0.0, blur_kernel=kernel)
+                     for _ in range(2)]
         else:
             raise ValueError(f"unknown augment.kind `{cfg.kind}`; use simclr, byol or multicrop")
         if not 1 <= cfg.num_large_crops <= 2:

@@ -36,6 +36,9 @@ class SeCuConfig(MethodConfig):
     center_lr: float = 1.2  # constant and not batch-scaled, as the official code
     init_epochs: int = 1  # epochs at lr 0 for the network (the centres still learn)
     kernel: str = "auto"  # assignment: auto | triton | torch
+    # The official code runs each view through the network alone, so BatchNorm normalises each view with its own
+    # batch statistics; false: both views in one batch (this project's other two-view methods).
+    separate_view_batches: bool = True
 
 
 class SeCu(PretrainModule):
@@ -61,6 +64,11 @@ class SeCu(PretrainModule):
         self.register_buffer("changed", torch.zeros(len(sizes), dtype=torch.int64))  # labels changed this epoch
         # Every rank applies the same update to the same gathered labels: nothing to broadcast.
         self._ddp_params_and_buffers_to_ignore = list(STATE)
+
+    def encode_views(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self.method_cfg.separate_view_batches:
+            return [self(view) for view in views]
+        return super().encode_views(views)
 
     def own_param_groups(self) -> list[dict]:
         return [{"params": [self.centers], "lr": self.method_cfg.center_lr, "scheduled": False,

@@ -146,6 +146,26 @@ def test_step_assigns_on_the_mean_of_views_and_targets_the_previous_label(cifar1
     assert module.centers.grad.abs().sum() > 0 and next(module.backbone.parameters()).grad.abs().sum() > 0
 
 
+def test_each_view_goes_through_the_network_alone_as_the_official_code(cifar10):
+    images = torch.from_numpy(cifar10[1].images[:16]).float() / 255
+    views = [images, images.flip(3) * 0.7]
+    separate, joint = _module(), _module("method.separate_view_batches=false")
+    joint.load_state_dict(separate.state_dict())
+    feats = separate.encode_views(views)
+    torch.testing.assert_close(feats[1], separate(views[1]))  # BatchNorm saw view 2 alone
+    assert not torch.allclose(joint.encode_views(views)[1], feats[1], atol=1e-4)
+
+
+def test_the_blur_kernel_holds_three_sigma_of_the_official_blur():
+    from datamodules.augment import ViewAugmenter
+    from kornia.augmentation import RandomGaussianBlur
+
+    cfg = load_config(CONFIG, [], {"secu": SeCu.Config}).augment
+    blurs = [m for m in ViewAugmenter(cfg).modules() if isinstance(m, RandomGaussianBlur)]
+    assert [b.flags["kernel_size"] for b in blurs] == [13, 13]
+    assert [b.p for b in blurs] == [1.0, 0.1]
+
+
 # ------------------------------------------------------------------------------------ a real fit
 class Interrupted(Exception):
     pass
@@ -193,3 +213,9 @@ def test_tiny_fit_logs_finite_losses_keeps_the_centre_lr_and_resumes_exactly(tmp
         assert torch.allclose(value.float(), b["state_dict"][key].float(), atol=1e-6), key
     assert set(STATE) | {"centers"} <= set(a["state_dict"])
     assert (a["state_dict"]["duals"] > 0).any()
+
+    from lightning_modules.evaluation.checkpoints import load_source  # evaluate.py scores SeCu's own clusters
+
+    source = load_source(str(straight / "checkpoints" / "last.ckpt"))
+    assert torch.equal(source.cluster_labels, a["state_dict"]["label_memory"])
+    assert source.clusters_per_head == [4, 8]

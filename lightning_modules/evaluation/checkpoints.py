@@ -20,7 +20,7 @@ from lightning_modules.evaluation.safe_load import file_sha256, load_safetensors
 RANDOM = "random"
 BACKBONE_PREFIX = "backbone."
 EXPORT_METADATA_KEY = "coke_lightning"
-CLUSTER_LABEL_SUFFIXES = ("clustering.labels", "clustering.label_memory")
+CLUSTER_LABEL_SUFFIXES = ("clustering.labels", "label_memory")  # CoKe's clustering state; SeCu's own buffer
 CLUSTER_OFFSETS_SUFFIX = "clustering.head_offsets"  # cluster ids of head j are offsets[j] .. offsets[j+1] - 1
 
 
@@ -67,8 +67,14 @@ def _lightning_source(path: Path) -> EvalSource:
         kind="lightning", path=str(path), content_hash=file_sha256(path), backbone_state=backbone, pretrain_cfg=cfg,
         method=str((cfg.get("method") or {}).get("name", "")), epochs=_completed_epochs(ckpt),
         global_step=ckpt.get("global_step"), cluster_labels=labels[0].long() if labels else None,
-        clusters_per_head=offsets[0].diff().tolist() if offsets else None,
+        clusters_per_head=offsets[0].diff().tolist() if offsets else _clusters_per_head(cfg),
     )
+
+
+def _clusters_per_head(cfg: dict) -> Optional[list[int]]:
+    """Without stored head offsets (SeCu keeps them out of its checkpoints), the config's cluster counts."""
+    sizes = (cfg.get("method") or {}).get("num_clusters")
+    return [int(k) for k in sizes] if isinstance(sizes, (list, tuple)) else None
 
 
 def _safetensors_source(path: Path) -> EvalSource:
