@@ -36,8 +36,8 @@ def _no_duplicates(path: Path, text: str):
         seen = set()
         for key, _ in items:
             if key in seen:
-                raise DataError(f"hierarchy file {path}, line {_line_of(text, key, 2)}: the class `{key}` appears twice "
-                                "in one object. Keep one entry per class (data.hierarchy)")
+                raise DataError(f"hierarchy file {path}, line {_line_of(text, key, 2)}: the class `{key}` appears "
+                                "twice in one object. Keep one entry per class (data.hierarchy)")
             seen.add(key)
         return dict(items)
     return pairs

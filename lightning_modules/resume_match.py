@@ -23,7 +23,8 @@ def _refusal(point: ResumePoint, ours: dict, config: str, detail: str = "") -> R
     continue_it = (f" To continue that run, use its own config: python train.py {own_config} resume={point.run_dir}."
                    if own_config and own_config.is_file() else "")
     return ResumeError(
-        f"resume={point.checkpoint} is a checkpoint of {_describe(point.run_cfg) if point.run_cfg else 'another model'},"
+        f"resume={point.checkpoint} is a checkpoint of "
+        f"{_describe(point.run_cfg) if point.run_cfg else 'another model'},"
         f" but {config} trains {_describe(ours)}{detail}: a run can only continue under the method and model it was "
         f"trained with. Nothing was written.{continue_it} To start a new {_describe(ours)} run from its backbone "
         f"weights instead, replace resume= by init_backbone={point.checkpoint}"
@@ -48,4 +49,5 @@ def check_fits(point: ResumePoint, model, cfg: dict, config: str) -> None:
              f"{len(extra)} tensor(s) the model has no place for, e.g. {extra[0]}" if extra else "",
              f"{len(resized)} of another shape, e.g. {resized[0]} {tuple(point.shapes[resized[0]])} against "
              f"{ours[resized[0]]}" if resized else ""]
-    raise _refusal(point, cfg, config, f" and the checkpoint does not fit its model ({'; '.join(p for p in parts if p)})")
+    detail = "; ".join(p for p in parts if p)
+    raise _refusal(point, cfg, config, f" and the checkpoint does not fit its model ({detail})")

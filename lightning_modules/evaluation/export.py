@@ -48,6 +48,7 @@ def export_backbone(source: EvalSource, cfg: Any, out_path: str | Path) -> Path:
     backbone, feat_dim = build_eval_backbone(source, cfg.model, cfg.seed)  # fails here if the weights do not fit
     info = export_info(source, _plain(cfg.model), _plain(cfg.augment), _plain(cfg.data), feat_dim)
     # atomic, as every checkpoint: a full disk or a kill leaves the previous export whole
-    atomic_write_bytes(out_path, save(backbone_state_for_timm(backbone), metadata={EXPORT_METADATA_KEY: json.dumps(info)}))
+    weights = save(backbone_state_for_timm(backbone), metadata={EXPORT_METADATA_KEY: json.dumps(info)})
+    atomic_write_bytes(out_path, weights)
     atomic_write_bytes(sidecar_path(out_path), (json.dumps(info, indent=2) + "\n").encode())
     return out_path
