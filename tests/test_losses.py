@@ -72,7 +72,49 @@ def test_nt_xent_matches_reference(seed, temperature):
     g = torch.Generator().manual_seed(seed)
     z1, z2 = torch.randn(7, 5, generator=g), torch.randn(7, 5, generator=g)
     assert nt_xent(z1, z2, temperature).item() == pytest.approx(reference_nt_xent(z1, z2, temperature), rel=1e-5)
-    assert nt_xent(z1, z2, temperature, gather=False).item() == pytest.approx(nt_xent(z1, z2, temperature).item())
+
+
+def reference_nt_xent_rows(z1, z2, temperature):
+    """Per-anchor NT-Xent in float64: view-1 anchors 0..n-1, then view-2 anchors 0..n-1."""
+    z = _unit_rows(torch.cat([z1, z2]))
+    n = len(z) // 2
+    rows = []
+    for i in range(2 * n):
+        others = [j for j in range(2 * n) if j != i]
+        scores = [_dot(z[i], z[j]) / temperature for j in others]
+        rows.append(_neg_log_softmax_at(scores, others.index((i + n) % (2 * n))))
+    return rows
+
+
+@pytest.mark.parametrize("temperature", [0.1, 0.5])
+def test_nt_xent_gather_false_keeps_negatives_local_under_a_stand_in_two_rank_gather(monkeypatch, temperature):
+    """Rank 1 of 2 with a stand-in all_gather that prepends rank 0's rows: the default takes rank 0's projections as
+    negatives (the global reference's loss on this rank's anchors); gather=False never calls the gather and equals the
+    loss of the local batch alone."""
+    import ops.contrastive as contrastive
+
+    g = torch.Generator().manual_seed(11)
+    mine1, mine2, other1, other2 = (torch.randn(5, 6, generator=g) for _ in range(4))
+    calls = []
+
+    def stand_in_gather(x):
+        calls.append(x.shape)
+        other = F.normalize(other1 if len(calls) % 2 else other2, dim=1)  # z1 is gathered first, then z2
+        return torch.cat([other, x])
+
+    monkeypatch.setattr(contrastive, "gather_with_grad", stand_in_gather)
+    monkeypatch.setattr(contrastive, "rank", lambda: 1)
+    gathered = nt_xent(mine1, mine2, temperature).item()
+    assert len(calls) == 2
+    rows = reference_nt_xent_rows(torch.cat([other1, mine1]), torch.cat([other2, mine2]), temperature)
+    local_anchors = rows[5:10] + rows[15:20]  # this rank's rows in both views
+    assert gathered == pytest.approx(sum(local_anchors) / 10, rel=1e-5)
+
+    calls.clear()
+    local = nt_xent(mine1, mine2, temperature, gather=False).item()
+    assert calls == []  # gather=False does not gather
+    assert local == pytest.approx(reference_nt_xent(mine1, mine2, temperature), rel=1e-5)
+    assert abs(local - gathered) > 0.05  # the two paths differ here, so each assertion above tells them apart
 
 
 def test_nt_xent_symmetric_in_the_two_views():
