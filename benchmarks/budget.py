@@ -37,6 +37,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytorch_lightning as pl
+from pytorch_lightning.loggers import CSVLogger
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,6 +85,8 @@ def parse_args(argv):
     p.add_argument("--set", nargs="*", default=[], dest="overrides", help="key=value for every row's pretraining")
     p.add_argument("--eval-set", nargs="*", default=[], dest="eval_overrides", help="key=value for evaluate.py")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--csv", action="store_true", help="log every row to <out>/<row>-seed<S>/csv/metrics.csv (CoKe's "
+                   "clustering dashboard: label churn, cluster sizes, fraction under the bound, duals, NMI)")
     args = p.parse_args(argv)
     rows = {name: ROWS[name] for name in (r.strip() for r in args.rows.split(",")) if name}
     for spec in args.variant:
@@ -139,8 +142,10 @@ def pretrain(config: str, extra: list[str], seed: int, args, out: Path) -> dict:
     datamodule.setup("fit")
     model = method_class(cfg.method.name)(to_plain(cfg), asdict(datamodule.info))
     budget = TrainingClock(args.minutes, datamodule, precision, cpu_time=args.device == "cpu")
+    logger = CSVLogger(out, name="csv", version="") if args.csv else False
     trainer = pl.Trainer(
-        accelerator=args.device, devices=1, precision=precision, max_epochs=10**4, logger=False, callbacks=[budget],
+        accelerator=args.device, devices=1, precision=precision, max_epochs=10**4, logger=logger, callbacks=[budget],
+        log_every_n_steps=cfg.logger.log_every_n_steps,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
         num_sanity_val_steps=0, gradient_clip_val=cfg.trainer.get("gradient_clip_val"),
     )

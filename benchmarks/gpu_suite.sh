@@ -7,6 +7,13 @@
 #                                            deadline, the whole run within SUITE_SECONDS
 #   bash benchmarks/gpu_suite.sh --dry-run   on the CPU: every stage at tiny sizes (argument names, imports, output
 #                                            files), skipping only what needs CUDA
+#   bash benchmarks/gpu_suite.sh --race [--dry-run]
+#                                            the GPU race instead (issue 33): benchmarks/budget.py trains RACE_ROWS
+#                                            for RACE_MINUTES each at equal GPU time on full CIFAR-10 (ResNet-18, CIFAR
+#                                            stem, batch 512), scores them with evaluate.py (kNN-200 with the full train
+#                                            bank, linear) against random init, and brings back each row's CSV log
+#                                            (CoKe's clustering dashboard) and the budget plot. One budget per device
+#                                            call: RACE_MINUTES=2, then 5, then 8 in later calls (fewer rows at 5 and 8)
 #
 # Stages: CUDA tests (pytest -m cuda), P1 assign.py, P3 step.py, profile_loop.py (the real loop of one-view CoKe and
 # SimCLR under torch.profiler), augment.py, P2 time_to_accuracy.py (CoKe, SimCLR).
@@ -22,6 +29,9 @@ P2_OVERHEAD=50          # seconds a P2 run spends outside training: start-up, kN
 SUITE_SECONDS=530       # the whole GPU run, install included; the device call allows 600
 DRY_STAGE_SECONDS=300   # dry run: a stage's deadline (15-40 CPU s each; this only stops a hang on a busy machine)
 DRY_SUITE_SECONDS=900   # dry run: the whole run's deadline (about 3 CPU min in all)
+RACE_MINUTES=${RACE_MINUTES:-2.0}   # --race: each row's training minutes
+RACE_ROWS=${RACE_ROWS:-coke,simclr} # --race: budget.py rows (coke is coke_cifar10.yaml); --variant rows via RACE_VARIANTS
+RACE_VARIANTS=${RACE_VARIANTS:-}    # --race: e.g. "coke-term=coke_cifar10:method.instance_term.weight=10"
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO=$PWD
@@ -197,6 +207,29 @@ run_stages() {
     p2_stage p2-simclr "$SIMCLR_CONFIG" 1
 }
 
+race_stages() {
+    stage install "$([[ $SUITE_MODE == gpu ]] && echo 150 || echo "$DRY_STAGE_SECONDS")" bash "$SELF" --install
+    local variants=()
+    [[ -n $RACE_VARIANTS ]] && variants=(--variant $RACE_VARIANTS)
+    if [[ $SUITE_MODE == gpu ]]; then
+        stage race $(($(seconds_left) - 20)) "$PY" benchmarks/budget.py --device cuda --minutes "$RACE_MINUTES" \
+            --rows "$RACE_ROWS" "${variants[@]}" --backbone resnet18 --cifar-stem --batch-size 512 --csv \
+            --out "$OUT_DIR/race"
+    else
+        stage race "$DRY_STAGE_SECONDS" "$PY" benchmarks/budget.py --device cpu --minutes 0.02 --rows "$RACE_ROWS" \
+            "${variants[@]}" --backbone test_resnet --batch-size 32 --subset 10 --csv --out "$OUT_DIR/race" \
+            --threads 1 --set data.eval_subset=5 --eval-set data.subset=10 data.eval_subset=5 linear.epochs=2
+    fi
+    local csv row
+    for csv in "$OUT_DIR"/race/*/csv/metrics.csv; do  # one file per row, beside the logs (they travel in the tar)
+        [[ -f $csv ]] || continue
+        row=$(basename "$(dirname "$(dirname "$csv")")")
+        cp "$csv" "$OUT_DIR/$row.csv"
+    done
+    [[ -f $OUT_DIR/race/budget.png ]] && cp "$OUT_DIR/race/budget.png" "$OUT_DIR/race.png"
+    rm -rf "$OUT_DIR/race"
+}
+
 # ---- the summary -----------------------------------------------------------------------------------------------------
 # excerpt NAME: the result lines of a stage's log (its tables), or the end of the log when the stage did not pass
 excerpt() {
@@ -254,7 +287,8 @@ write_summary() {
 run_suite() {
     OUT_DIR=${OUT:-$REPO/gpu-results}
     mkdir -p "$OUT_DIR"
-    rm -f "$OUT_DIR"/*.log "$OUT_DIR/summary.md" "$OUT_DIR/logs.tar.gz"
+    rm -rf "$OUT_DIR"/*.log "$OUT_DIR"/*.csv "$OUT_DIR/summary.md" "$OUT_DIR/logs.tar.gz" "$OUT_DIR/race.png" \
+        "$OUT_DIR/race"
     export SUITE_MODE PY
     export PYTHONUNBUFFERED=1 WANDB_MODE=disabled MPLBACKEND=Agg
     if [[ $SUITE_MODE == gpu ]]; then
@@ -274,9 +308,9 @@ run_suite() {
     trap 'rm -f "$TIMES_FILE"' EXIT
     START=$(now)
     END=$((START + SUITE_SECONDS))
-    run_stages
+    if [[ ${RACE:-} == 1 ]]; then race_stages; else run_stages; fi
     write_summary
-    (cd "$OUT_DIR" && tar -czf logs.tar.gz ./*.log && rm -f ./*.log)  # two files come back, not one per stage
+    (cd "$OUT_DIR" && tar -czf logs.tar.gz ./*.log $(ls ./*.csv 2>/dev/null) && rm -f ./*.log ./*.csv)  # few files
     echo
     cat "$OUT_DIR/summary.md"
     local status
@@ -286,12 +320,16 @@ run_suite() {
 }
 
 main() {
+    if [[ ${1:-} == --race ]]; then
+        RACE=1
+        shift
+    fi
     case "${1:-}" in
         --prepare) prepare ;;
         --install) PY=${PY:-python3} SUITE_MODE=${SUITE_MODE:-gpu} install_and_check ;;
         --dry-run) SUITE_MODE=dry run_suite ;;
         "") SUITE_MODE=gpu run_suite ;;
-        *) die "unknown argument $1; use --prepare, --dry-run or nothing (the GPU run)" ;;
+        *) die "unknown argument $1; use --prepare, --dry-run or nothing (the GPU run), after --race for the race" ;;
     esac
 }
 

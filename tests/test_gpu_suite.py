@@ -57,3 +57,22 @@ def test_dry_run_runs_every_stage_and_prints_the_summary_last(tmp_path, cifar10,
     for table in ("| method | ms/step |", "| pipeline | where | images/s |", "| epoch | train min |",
                   "| loop / step |", "| Lightning action | host ms/step |", "| device-to-host sync (source) |"):
         assert table in summary, table
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1000)
+def test_race_dry_run_trains_scores_and_brings_back_the_dashboards(tmp_path, cifar10, cache_dir, data_root):
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "COKE_CACHE_DIR": str(cache_dir),
+           "COKE_DATA_ROOT": str(data_root), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(["bash", str(SUITE), "--race", "--dry-run"], env=env, capture_output=True, text=True,
+                            timeout=990)
+    summary = (tmp_path / "summary.md").read_text()
+    assert result.returncode == 0, summary
+    assert stage_table(summary) == {"install": "ok", "race": "ok"}, summary
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs.tar.gz", "race.png", "summary.md"]
+    for row in ("| random init | 0 |", "| coke | 0 |", "| simclr | 0 |"):
+        assert row in summary, row
+    with tarfile.open(tmp_path / "logs.tar.gz") as logs:
+        header = logs.extractfile("./coke-seed0.csv").readline().decode()
+    for column in ("coke/h0_changed", "coke/h0_min_size", "coke/h0_under_bound", "coke/h0_dual_max", "coke/nmi_fine"):
+        assert column in header, column
