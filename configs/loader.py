@@ -13,6 +13,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from configs.method_hooks import rename_layers, rule_errors
 from configs.ranges import range_errors
 from configs.schema import PretrainConfig
 
@@ -140,14 +141,16 @@ def load_config(
     """Return the validated config. ``method_schemas`` maps ``method.name`` to its dataclass."""
     file_layer = _read_yaml(resolve_config_path(path)) if path else OmegaConf.create()
     cli_layer = parse_overrides(overrides)
-    base = OmegaConf.structured(schema)
+    base, method_schema = OmegaConf.structured(schema), None
     if method_schemas is not None and "method" in base:
         name = OmegaConf.select(cli_layer, "method.name") or OmegaConf.select(file_layer, "method.name") or base.method.name
         if name not in method_schemas:
             raise ConfigError(
                 f"unknown method.name `{name}`.{_suggest(str(name), method_schemas)} Known methods: {', '.join(sorted(method_schemas))}"
             )
-        base.method = OmegaConf.structured(method_schemas[name])
+        method_schema = method_schemas[name]
+        base.method = OmegaConf.structured(method_schema)
+        rename_layers(method_schema, [(file_layer, str(path or "defaults")), (cli_layer, "the command line")])
     merged = _merge_checked(base, file_layer, str(path) if path else "defaults")
     merged = _merge_checked(merged, cli_layer, "the command line")
     try:
@@ -155,6 +158,8 @@ def load_config(
     except OmegaConfBaseException as err:
         raise ConfigError(f"could not resolve an interpolation in the config: {err}") from None
     OmegaConf.set_readonly(merged, False)
+    if rules := rule_errors(method_schema, merged):
+        raise ConfigError(" ".join(rules))
     errors = range_errors(to_plain(merged))
     if errors:
         raise ConfigError("; ".join(errors) + ". Set these keys to a value in range")
@@ -167,4 +172,4 @@ def to_yaml(cfg: DictConfig) -> str:
 
 def to_plain(cfg: DictConfig | ListConfig) -> Any:
     """Plain python containers (safe to store in a ``weights_only`` checkpoint)."""
-    return OmegaConf.to_container(cfg, resolve=True)
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)

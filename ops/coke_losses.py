@@ -25,9 +25,30 @@ def hard_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     return -(picked * valid).sum() / valid.sum().clamp_min(1)
 
 
+def labelled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The same as `hard_cross_entropy` by ignore_index (the exact sum of F.cross_entropy over the labelled rows);
+    0, with zero gradient, when no row has a label (F.cross_entropy's 0/0)."""
+    return torch.nan_to_num(F.cross_entropy(logits.float(), labels, ignore_index=-1), nan=0.0)
+
+
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """H(q, p) = −Σ q·log softmax(p), averaged over the rows."""
     return -(target * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+
+
+def label_ce(logits: list[torch.Tensor], labels: torch.Tensor, soft: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """The paper's one-view loss over the heads: mean of CE(logits_j, y_j). In stage 2 (`soft`, dense (B, K_j) per
+    head) the target is the soft one where the instance has one, else its previous-epoch hard label."""
+    if soft is None:
+        return torch.stack([labelled_cross_entropy(h, labels[:, j]) for j, h in enumerate(logits)]).mean()
+    losses = []
+    for j, h in enumerate(logits):
+        known = labels[:, j:j + 1] >= 0
+        hard = F.one_hot(labels[:, j].clamp_min(0), h.shape[1]).to(soft[j].dtype) * known
+        target = torch.where(soft[j].sum(1, keepdim=True) > 0, soft[j], hard)
+        rows = (target.sum(1) > 0).sum().clamp_min(1)
+        losses.append(-(target * F.log_softmax(h.float(), 1)).sum() / rows)
+    return torch.stack(losses).mean()
 
 
 def coke_view_loss(pred: list[list[torch.Tensor]], proj: list[list[torch.Tensor]], labels: torch.Tensor,

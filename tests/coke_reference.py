@@ -1,5 +1,5 @@
-"""A few CoKe training steps on fixed real images, reduced to numbers: per step the loss, the batch's new labels and
-fingerprints of the gradient; at the end the clustering state's checksum. tests/test_coke_reference.py compares them
+"""A few CoKe training steps on fixed real images, reduced to numbers: per step the method's loss, the batch's new
+labels and fingerprints of the gradient (the online probes left out: they are the base class's); at the end the clustering state's checksum. tests/test_coke_reference.py compares them
 with tests/fixtures/coke_reference.json, recorded from the code before CoKe became a package (issue 29), so a
 refactor that changes any number fails. `python tests/coke_reference.py` re-records (only when a change is meant).
 
@@ -30,7 +30,7 @@ IMAGES, BATCH, EPOCHS = 32, 16, 3
 TINY = ["model.backbone=test_resnet", "model.cifar_stem=false", "model.proj_hidden_dim=64",
         "model.pred_hidden_dim=64", "model.proj_output_dim=32", "model.channels_last=false", "trainer.precision=32",
         "optim.warmup_epochs=0", "method.num_clusters=[4,6]", "method.kernel=torch", "augment.crop_size=32",
-        "augment.small_crop_size=16", "augment.num_small_crops=0", "method.kmeans_iterations=3", "seed=0",
+        "augment.small_crop_size=16", "augment.num_small_crops=0", "method.kmeans_start.iterations=3", "seed=0",
         "logger.kind=none", "data.name=cifar10"]
 # name -> (config, overrides): every shipped CoKe config, then the variants and departures none of them turns on.
 CASES = {
@@ -47,22 +47,22 @@ CASES = {
                                                "trainer.max_epochs=4"]),
     "stage2_legacy": ("coke_cifar10_paper", ["method.stage2_epochs=2", "method.stage2_rule=legacy",
                                              "trainer.max_epochs=4"]),
-    "current_carry": ("coke_cifar10_paper", ["method.target=current", "method.center_carry=0.5",
+    "current_carry": ("coke_cifar10_paper", ["method.target.label=current", "method.carried_members.fraction=0.5",
                                              "method.temperature=0.2"]),
-    "ema_sinkhorn": ("coke_cifar10", ["method.assign_momentum=0.9", "method.clean_target_weight=0.3",
-                                      "method.clean_target_sinkhorn=3"]),
-    "contrast_only": ("coke_cifar10", ["method.clean_contrast_weight=1.0", "method.cluster_loss_weight=0.0"]),
+    "ema_sinkhorn": ("coke_cifar10", ["method.clean_view.momentum=0.9", "method.soft_target.weight=0.3",
+                                      "method.soft_target.sinkhorn_iterations=3"]),
+    "contrast_only": ("coke_cifar10", ["method.instance_term.weight=1.0", "method.instance_term.cluster_weight=0.0"]),
     "balanced_nopred": ("coke_cifar10_paper", ["method.ratio=1.0", "method.proj_last_bn=false",
-                                               "model.pred_hidden_dim=0", "method.beta=0.5"]),
+                                               "model.pred_hidden_dim=0", "method.projection_weight=0.5"]),
 }
 # Old-layout checkpoints (tests/fixtures/coke_old_<name>.ckpt), saved after 3 of 4 epochs by the code before the
 # package, with a 22k-parameter backbone; their fourth epoch, resumed, is recorded as case <name>.
 SMALL_NET = ["model.kwargs={channels: [8, 8, 16, 16], stem_width: 8}", "trainer.max_epochs=4",
              "method.stage2_epochs=2"]
 CHECKPOINTS = {
-    "ckpt_official": ("coke_cifar10", [*SMALL_NET, "method.stage2_rule=faithful", "method.assign_momentum=0.9",
-                                       "method.clean_target_weight=0.3"]),
-    "ckpt_legacy": ("coke_cifar10_paper", [*SMALL_NET, "method.stage2_rule=legacy", "method.center_carry=0.5"]),
+    "ckpt_official": ("coke_cifar10", [*SMALL_NET, "method.stage2_rule=faithful", "method.clean_view.momentum=0.9",
+                                       "method.soft_target.weight=0.3"]),
+    "ckpt_legacy": ("coke_cifar10_paper", [*SMALL_NET, "method.stage2_rule=legacy", "method.carried_members.fraction=0.5"]),
 }
 SAVE_AFTER = 3
 
@@ -120,14 +120,15 @@ class Record(pl.Callback):
         self.pending: dict = {}
 
     def on_after_backward(self, trainer, module):
-        grads = torch.cat([p.grad.flatten() for _, p in sorted(module.named_parameters()) if p.grad is not None])
+        grads = torch.cat([p.grad.flatten() for name, p in sorted(module.named_parameters())
+                           if p.grad is not None and not name.startswith("probes.")])
         projection = torch.randn(4, grads.numel(), generator=torch.Generator().manual_seed(0))
         self.pending = {"grad_norm": grads.double().norm().item(),
                         "grad_projections": (projection.double() @ grads.double()).tolist()}
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         labels = module.clustering.label_memory[batch["index"]].T.tolist()
-        self.steps.append({"loss": float(outputs["loss"]), "labels": labels, **self.pending})
+        self.steps.append({"loss": float(self.loss), "labels": labels, **self.pending})
         self.pending = {}
 
 
@@ -153,6 +154,14 @@ def record(case: str, tar_path: Path, save: Path | None = None, resume: Path | N
     try:
         module, data = build(case, tar_path)
         recorder = Record()
+        method_loss = module.training_loss
+
+        def recorded_loss(batch, feats):  # the method's loss alone: the online probes are the base class's
+            loss = method_loss(batch, feats)
+            recorder.loss = loss.detach()
+            return loss
+
+        module.training_loss = recorded_loss
         fit = trainer(module.cfg.trainer.max_epochs, recorder, *([StopAfter()] if save else []))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

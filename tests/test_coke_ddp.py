@@ -73,8 +73,7 @@ def global_batches() -> list[list[dict]]:
 
 
 def drive(module, epochs) -> dict:
-    """Feed this process's rows of every global batch to cluster_step; end epochs through the dashboard."""
-    from lightning_modules.coke_dashboard import log_clustering_dashboard
+    """Feed this process's rows of every global batch to cluster_step; end epochs as the module does."""
     from ops.distributed import rank, world_size
 
     prev = []
@@ -82,7 +81,7 @@ def drive(module, epochs) -> dict:
         for batch in batches:
             mine = {k: v.chunk(world_size())[rank()] for k, v in batch.items()}
             prev.append(module.cluster_step(mine["x"], mine))
-        log_clustering_dashboard(module)  # end_epoch + the cross-rank checksum check
+        module.on_train_epoch_end()  # end_epoch + the cross-rank checksum check
     state = {name: getattr(module.clustering, name).clone() for name in STATE}
     return {"prev": torch.cat(prev), "state": state, "checksum": module.clustering.checksum()}
 
@@ -93,7 +92,7 @@ def scenario(coarse: bool) -> dict:
 
 
 def scenario_divergence() -> str:
-    from lightning_modules.coke_dashboard import assert_ranks_agree
+    from lightning_modules.coke.dashboard import assert_ranks_agree
     from ops.distributed import rank
 
     module = make_module(False)
@@ -210,7 +209,7 @@ DRIVER = textwrap.dedent("""
     import torch
 
     import lightning_modules.coke as coke
-    import lightning_modules.coke_dashboard as dashboard
+    import lightning_modules.coke.dashboard as dashboard
     from ops.distributed import is_distributed, rank, world_size
 
     OUT = Path(sys.argv[1])

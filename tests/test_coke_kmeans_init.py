@@ -1,4 +1,4 @@
-"""CoKe's k-means initialisation (method.cluster_init=kmeans): the state it loads, that epoch 0 then trains against
+"""CoKe's k-means initialisation (method.kmeans_start.init=kmeans): the state it loads, that epoch 0 then trains against
 those clusters, and that a resumed run keeps its own clusters."""
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-import lightning_modules.coke as coke_module
+import lightning_modules.coke.kmeans_start as coke_module
 from ops.coke_state import CokeState
 from ops.kmeans import spherical_kmeans
 from training_utils import make_trainer, run
 
-KMEANS = ["augment.clean_view=true", "method.assign_on=clean", "method.cluster_init=kmeans", "method.init_epochs=0"]
+KMEANS = ["augment.clean_view=true", "method.clean_view.assign_on=clean", "method.kmeans_start.init=kmeans", "method.init_epochs=0"]
 
 
 def test_loaded_clusters_are_the_next_steps_previous_labels_and_loss_centres():
@@ -37,14 +37,14 @@ def test_kmeans_init_clusters_the_clean_images_and_epoch_zero_trains_on_them(cif
     model, datamodule = build(ONE_VIEW, cifar10_tar, cache_dir, *KMEANS)
     before = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
     embedded: dict[int, torch.Tensor] = {}
-    clustering_input = model.clustering_input
+    no_grad_input = model.assign_encoder.no_grad_input
 
-    def spy(batch):
-        x = clustering_input(batch)
+    def spy(module, batch):
+        x = no_grad_input(module, batch)
         embedded.update(zip(batch["index"].tolist(), x))
         return x
 
-    model.clustering_input = spy
+    model.assign_encoder.no_grad_input = spy
     record = {}
 
     class Watch(pl.Callback):
@@ -88,8 +88,8 @@ def test_a_resumed_run_keeps_its_clusters(tmp_path, cifar10_tar, cache_dir, monk
     assert calls == [1]
 
 
-def test_cluster_init_must_be_online_or_kmeans(cifar10_tar, cache_dir):
+def test_kmeans_start_init_must_be_online_or_kmeans(cifar10_tar, cache_dir):
     from test_coke_module import ONE_VIEW, build
 
-    with pytest.raises(ValueError, match="method.cluster_init must be one of online, kmeans"):
-        build(ONE_VIEW, cifar10_tar, cache_dir, "method.cluster_init=kmeanz")
+    with pytest.raises(ValueError, match=r"method\.kmeans_start\.init.*expected one of \[online, kmeans\]"):
+        build(ONE_VIEW, cifar10_tar, cache_dir, "method.kmeans_start.init=kmeanz")

@@ -67,9 +67,9 @@ def test_one_view_fit_learns_keeps_the_bound_and_logs_the_dashboard(tmp_path, ci
 
 
 # quick.yaml's departures from coke_cifar10_paper.yaml (checked against quick.yaml below).
-QUICK_DEPARTURES = ("augment.clean_view=true", "method.assign_on=clean", "method.cluster_init=kmeans",
-                    "method.init_epochs=0", "method.beta=1.0", "augment.min_scale=0.5",
-                    "method.clean_target_weight=0.3", "method.clean_contrast_weight=10.0", "optim.name=lars",
+QUICK_DEPARTURES = ("augment.clean_view=true", "method.clean_view.assign_on=clean", "method.kmeans_start.init=kmeans",
+                    "method.init_epochs=0", "method.projection_weight=1.0", "augment.min_scale=0.5",
+                    "method.soft_target.weight=0.3", "method.instance_term.weight=10.0", "optim.name=lars",
                     "optim.lr=1.2")
 # 25 epochs on 2,500 images, clusters bounded at 20 and 10 instances; the online-probe tests add their probe.
 TRAIN_BUDGET = ("data.subset=250", "method.num_clusters=[50,100]", "trainer.max_epochs=25",

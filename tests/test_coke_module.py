@@ -250,7 +250,7 @@ def test_stage2_loss_reads_the_soft_targets_before_this_step_writes(cifar10, mon
     (TWO_VIEW, []),
     (TWO_VIEW, ["augment.num_small_crops=2", "augment.small_crop_size=16"]),
     (ONE_VIEW, ["augment.num_small_crops=2", "augment.small_crop_size=16"]),
-    (ONE_VIEW, ["augment.clean_view=true", "method.assign_on=clean", "method.assign_momentum=0.9",
+    (ONE_VIEW, ["augment.clean_view=true", "method.clean_view.assign_on=clean", "method.clean_view.momentum=0.9",
                 "method.proj_last_bn=false"]),
 ], ids=["two_view", "two_view_multicrop", "one_view_multicrop", "one_view_clean_ema"])
 def test_variants_fit_with_finite_loss(config, extra, tmp_path, cifar10_tar, cache_dir):

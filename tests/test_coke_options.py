@@ -1,5 +1,5 @@
 """CoKe's options for short budgets (departures from the paper, each off by default): the centres' member count
-carried across epochs (method.center_carry) and clustering on the un-augmented image (method.assign_on=clean)."""
+carried across epochs (method.center_carry) and clustering on the un-augmented image (method.clean_view.assign_on=clean)."""
 from __future__ import annotations
 
 import pytest
@@ -59,7 +59,7 @@ def test_carry_out_of_range_is_refused():
 def test_assign_on_clean_clusters_the_unaugmented_image(cifar10_tar, cache_dir):
     from test_coke_module import ONE_VIEW, build
 
-    model, datamodule = build(ONE_VIEW, cifar10_tar, cache_dir, "augment.clean_view=true", "method.assign_on=clean")
+    model, datamodule = build(ONE_VIEW, cifar10_tar, cache_dir, "augment.clean_view=true", "method.clean_view.assign_on=clean")
     batch = next(iter(datamodule.train_dataloader()))
     batch["views"] = datamodule.augment(batch["image"])
     batch["clean_view"] = datamodule.eval_transform(batch["image"])
@@ -79,22 +79,22 @@ def test_assign_on_clean_without_the_clean_view_is_a_clear_error(cifar10_tar, ca
     from test_coke_module import ONE_VIEW, build
 
     with pytest.raises(ValueError, match="augment.clean_view=true"):
-        build(ONE_VIEW, cifar10_tar, cache_dir, "method.assign_on=clean")
+        build(ONE_VIEW, cifar10_tar, cache_dir, "method.clean_view.assign_on=clean")
 
 
 def test_assign_on_clean_with_two_views_is_a_clear_error(cifar10_tar, cache_dir):
     from test_coke_module import ONE_VIEW, build
 
     with pytest.raises(ValueError, match="one-view option"):
-        build(ONE_VIEW, cifar10_tar, cache_dir, "augment.clean_view=true", "method.assign_on=clean",
+        build(ONE_VIEW, cifar10_tar, cache_dir, "augment.clean_view=true", "method.clean_view.assign_on=clean",
               "augment.num_large_crops=2")
 
 
 def test_assign_momentum_clusters_the_clean_image_with_the_ema_encoder(cifar10_tar, cache_dir):
     from test_coke_module import ONE_VIEW, build
 
-    model, datamodule = build(ONE_VIEW, cifar10_tar, cache_dir, "augment.clean_view=true", "method.assign_on=clean",
-                              "method.assign_momentum=0.9")
+    model, datamodule = build(ONE_VIEW, cifar10_tar, cache_dir, "augment.clean_view=true", "method.clean_view.assign_on=clean",
+                              "method.clean_view.momentum=0.9")
     ema = model.assign_encoder.net
     with torch.no_grad():  # an online network that has moved away from its EMA copy
         for p in [*model.backbone.parameters(), *model.projection.parameters()]:
@@ -122,8 +122,8 @@ def test_assign_momentum_clusters_the_clean_image_with_the_ema_encoder(cifar10_t
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["method.assign_momentum=0.9"], "method.assign_on=clean"),
-    (["augment.clean_view=true", "method.assign_on=clean", "method.assign_momentum=1.0"], r"\[0, 1\)"),
+    (["method.clean_view.momentum=0.9"], "method.clean_view.assign_on=clean"),
+    (["augment.clean_view=true", "method.clean_view.assign_on=clean", "method.clean_view.momentum=1.0"], r"\[0, 1\)"),
 ])
 def test_assign_momentum_needs_the_clean_assignment_and_a_momentum_below_one(overrides, message, cifar10_tar,
                                                                               cache_dir):
@@ -156,9 +156,9 @@ def test_clean_target_weight_mixes_the_clean_images_soft_assignment_into_the_los
     from test_coke_module import ONE_VIEW, build
 
     w, teacher_t = 0.4, 0.05
-    model, datamodule = build(ONE_VIEW, cifar10_tar, cache_dir, "augment.clean_view=true", "method.assign_on=clean",
-                              f"method.clean_target_weight={w}", f"method.clean_target_temperature={teacher_t}",
-                              f"method.clean_target_sinkhorn={iterations}")
+    model, datamodule = build(ONE_VIEW, cifar10_tar, cache_dir, "augment.clean_view=true", "method.clean_view.assign_on=clean",
+                              f"method.soft_target.weight={w}", f"method.soft_target.temperature={teacher_t}",
+                              f"method.soft_target.sinkhorn_iterations={iterations}")
     state = model.clustering
     generator = torch.Generator().manual_seed(3)
     centres = F.normalize(torch.randn(state.centers.shape, generator=generator), dim=1)
@@ -193,17 +193,17 @@ def test_clean_target_weight_mixes_the_clean_images_soft_assignment_into_the_los
 def test_clean_target_weight_needs_the_clean_assignment(cifar10_tar, cache_dir):
     from test_coke_module import ONE_VIEW, build
 
-    with pytest.raises(ValueError, match="method.assign_on=clean"):
-        build(ONE_VIEW, cifar10_tar, cache_dir, "method.clean_target_weight=0.5")
+    with pytest.raises(ValueError, match="method.clean_view.assign_on=clean"):
+        build(ONE_VIEW, cifar10_tar, cache_dir, "method.soft_target.weight=0.5")
 
 
 def test_clean_contrast_weight_adds_an_infonce_of_the_view_against_the_clean_images(cifar10_tar, cache_dir):
     from test_coke_module import ONE_VIEW, build
 
     w, t = 0.7, 0.2
-    common = ("augment.clean_view=true", "method.assign_on=clean")
-    model, datamodule = build(ONE_VIEW, cifar10_tar, cache_dir, *common, f"method.clean_contrast_weight={w}",
-                              f"method.clean_contrast_temperature={t}")
+    common = ("augment.clean_view=true", "method.clean_view.assign_on=clean")
+    model, datamodule = build(ONE_VIEW, cifar10_tar, cache_dir, *common, f"method.instance_term.weight={w}",
+                              f"method.instance_term.temperature={t}")
     plain, _ = build(ONE_VIEW, cifar10_tar, cache_dir, *common)
     plain.load_state_dict(model.state_dict())
     batch = next(iter(datamodule.train_dataloader()))
@@ -221,8 +221,8 @@ def test_clean_contrast_weight_adds_an_infonce_of_the_view_against_the_clean_ima
     assert infonce > 0.5  # a real term: far from matched at initialisation
     torch.testing.assert_close(loss - without, w * infonce, atol=1e-5, rtol=1e-5)
     # method.cluster_loss_weight scales the cluster targets only: at 0 the instance-level term is all that is left.
-    only, _ = build(ONE_VIEW, cifar10_tar, cache_dir, *common, f"method.clean_contrast_weight={w}",
-                    f"method.clean_contrast_temperature={t}", "method.cluster_loss_weight=0")
+    only, _ = build(ONE_VIEW, cifar10_tar, cache_dir, *common, f"method.instance_term.weight={w}",
+                    f"method.instance_term.temperature={t}", "method.instance_term.cluster_weight=0")
     only.load_state_dict(model.state_dict())
     only.train()
     with torch.no_grad():
@@ -233,5 +233,5 @@ def test_clean_contrast_weight_adds_an_infonce_of_the_view_against_the_clean_ima
 def test_clean_contrast_weight_needs_the_clean_assignment(cifar10_tar, cache_dir):
     from test_coke_module import ONE_VIEW, build
 
-    with pytest.raises(ValueError, match="method.assign_on=clean"):
-        build(ONE_VIEW, cifar10_tar, cache_dir, "method.clean_contrast_weight=1.0")
+    with pytest.raises(ValueError, match="method.clean_view.assign_on=clean"):
+        build(ONE_VIEW, cifar10_tar, cache_dir, "method.instance_term.weight=1.0")

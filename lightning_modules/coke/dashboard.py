@@ -1,4 +1,5 @@
-"""CoKe's per-epoch dashboard: cluster sizes, the bound, duals, label churn and NMI; plus a cross-rank check."""
+"""CoKe's per-epoch dashboard: cluster sizes, the bound, duals, label churn and NMI; plus a cross-rank check.
+Logging only: the clustering's epoch boundary is the method's `on_train_epoch_end`, which passes the summary in."""
 from __future__ import annotations
 
 import torch
@@ -20,11 +21,9 @@ def assert_ranks_agree(state) -> None:
         )
 
 
-def log_clustering_dashboard(module) -> None:
+def log_clustering_dashboard(module, summary: dict, sizes: list[torch.Tensor]) -> None:
+    """Log the epoch that just ended: `summary` from `CokeState.end_epoch`, `sizes` its clusters' member counts."""
     state = module.clustering
-    sizes = state.cluster_sizes()
-    summary = state.end_epoch()  # freezes the centres for the next epoch and resets the counters
-    assert_ranks_agree(state)
     logs = {}
     labels = state.label_memory
     seen = module.instance_labels[:, 0] >= 0

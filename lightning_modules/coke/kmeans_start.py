@@ -1,4 +1,4 @@
-"""CoKe's k-means initialisation (`method.cluster_init=kmeans`, a departure from the paper).
+"""How the clusters start (config section `method.kmeans_start`; ledger: "cluster_init=kmeans").
 
 The paper starts with `init_epochs` full epochs at lr 0 that only run the online clustering. This instead makes
 one no-grad pass over the training set, embeds every image as the clustering would see it, and runs spherical
@@ -25,7 +25,7 @@ def embed_training_set(module) -> tuple[torch.Tensor, torch.Tensor]:
     ids, feats = [], []
     for batch in module.training_batches():
         ids.append(gather_no_grad(batch["index"]))
-        feats.append(gather_no_grad(module.clustering_input(batch).float()))
+        feats.append(gather_no_grad(module.assign_encoder.no_grad_input(module, batch).float()))
     return torch.cat(ids), torch.cat(feats)
 
 
@@ -53,3 +53,23 @@ def kmeans_initialise(module, iterations: int) -> None:
         dist.broadcast(centers, src=0)
         dist.broadcast(labels, src=0)
     state.load_clusters(centers, labels)
+
+
+class OnlineStart:
+    """The paper: the `init_epochs` at lr 0 run the online clustering; nothing happens before training."""
+
+    def __call__(self, module) -> None:
+        pass
+
+
+class KMeansStart:
+    """kmeans_start.init=kmeans: before the first epoch of a fresh run (a resumed one has its clusters), spherical
+    k-means of one no-grad pass over the training set, `iterations` per head. Changes vs the paper: no epoch at
+    lr 0 is needed (with init_epochs=0 epoch 0 trains); ledger: "cluster_init=kmeans"."""
+
+    def __init__(self, iterations: int):
+        self.iterations = iterations
+
+    def __call__(self, module) -> None:
+        if not bool((module.clustering.label_memory >= 0).any()):
+            kmeans_initialise(module, self.iterations)
