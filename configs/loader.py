@@ -95,20 +95,65 @@ def _expected_type(schema: DictConfig, key: str) -> str:
     return getattr(ref_type, "__name__", str(ref_type).replace("typing.", ""))
 
 
-def _merge_checked(schema: DictConfig, layer: DictConfig, origin: str) -> DictConfig:
+def _line_of(origin: str, key: str) -> str:
+    """``, line N`` where ``key`` (dotted) is set in the YAML file ``origin``; '' when it is not found there."""
     try:
-        return OmegaConf.merge(schema, layer)
-    except (ConfigKeyError, ConfigAttributeError) as err:
-        key = err.full_key or str(err.key)
-        raise ConfigError(f"unknown config key `{key}` (from {origin}).{_suggest(key, valid_keys(schema))}") from None
-    except ValidationError as err:
-        key = err.full_key or str(err.key)
-        raise ConfigError(
-            f"wrong type for config key `{key}` (from {origin}): {err.msg.splitlines()[0]}. "
-            f"`{key}` expects {_expected_type(schema, key)}."
-        ) from None
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"invalid config (from {origin}): {err}") from None
+        node = yaml.compose(Path(origin).read_text())
+    except (OSError, yaml.YAMLError):
+        return ""
+    mark = None
+    for part in key.split("."):
+        if not isinstance(node, yaml.MappingNode):
+            return ""
+        match = next(((k, v) for k, v in node.value if getattr(k, "value", None) == part), None)
+        if match is None:
+            return ""
+        mark, node = match[0].start_mark, match[1]
+    return f", line {mark.line + 1}" if mark else ""
+
+
+def _merge_error(err: OmegaConfBaseException, schema: DictConfig, origin: str) -> tuple[str, str]:
+    """(the bad key, one sentence about it)."""
+    key = getattr(err, "full_key", None) or str(getattr(err, "key", "") or "")
+    where = f"from {origin}{_line_of(origin, key) if Path(origin).is_file() else ''}"
+    if isinstance(err, (ConfigKeyError, ConfigAttributeError)):
+        return key, f"unknown config key `{key}` ({where}).{_suggest(key, valid_keys(schema))}"
+    if isinstance(err, ValidationError):
+        return key, (f"wrong type for config key `{key}` ({where}): {err.msg.splitlines()[0]}. "
+                     f"`{key}` expects {_expected_type(schema, key)}.")
+    return "", f"invalid config ({where}): {err}"
+
+
+def _without(layer: DictConfig, key: str) -> bool:
+    """Drop ``key`` (dotted) from ``layer``; False when it is not there to drop."""
+    section, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(layer, section) if section else layer
+    if not key or not isinstance(parent, DictConfig) or leaf not in parent:
+        return False
+    del parent[leaf]
+    return True
+
+
+def _merge_checked(schema: DictConfig, layer: DictConfig, origin: str, problems: Optional[list] = None) -> DictConfig:
+    """``schema`` <- ``layer``. A bad key raises ConfigError, or with ``problems`` is recorded there and left out,
+    so that every bad key of a config is reported at once."""
+    layer = layer.copy()
+    while True:
+        try:
+            return OmegaConf.merge(schema, layer)
+        except OmegaConfBaseException as err:
+            key, message = _merge_error(err, schema, origin)
+            if problems is None or not _without(layer, key):
+                raise ConfigError(all_problems([*(problems or []), message])) from None
+            problems.append(message)
+
+
+def all_problems(problems: Sequence[str]) -> str:
+    """One problem as it is; several as one numbered paragraph."""
+    if len(problems) == 1:
+        return problems[0]
+    listed = " ".join(f"({i}) {p}{'' if p.endswith(('.', '?')) else '.'}" for i, p in enumerate(problems, 1))
+    return f"{len(problems)} problems in the config, fix them all: {listed}"
 
 
 def parse_overrides(overrides: Sequence[str]) -> DictConfig:
@@ -151,18 +196,20 @@ def load_config(
         method_schema = method_schemas[name]
         base.method = OmegaConf.structured(method_schema)
         rename_layers(method_schema, [(file_layer, str(path or "defaults")), (cli_layer, "the command line")])
-    merged = _merge_checked(base, file_layer, str(path) if path else "defaults")
-    merged = _merge_checked(merged, cli_layer, "the command line")
+    problems: list[str] = []
+    merged = _merge_checked(base, file_layer, str(resolve_config_path(path)) if path else "defaults", problems)
+    merged = _merge_checked(merged, cli_layer, "the command line", problems)
     try:
         OmegaConf.resolve(merged)
     except OmegaConfBaseException as err:
         raise ConfigError(f"could not resolve an interpolation in the config: {err}") from None
     OmegaConf.set_readonly(merged, False)
-    if rules := rule_errors(method_schema, merged):
-        raise ConfigError(" ".join(rules))
     errors = range_errors(to_plain(merged))
-    if errors:
-        raise ConfigError("; ".join(errors) + ". Set these keys to a value in range")
+    problems.extend(f"{error}. Set it to a value in range" for error in errors)
+    if rules := rule_errors(method_schema, merged):
+        problems.append(" ".join(rules))
+    if problems:
+        raise ConfigError(all_problems(problems))
     return merged
 
 
