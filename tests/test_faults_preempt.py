@@ -106,3 +106,21 @@ def test_sigterm_under_slurm_saves_but_does_not_requeue(fault_tree, tmp_path, mo
     assert status == PREEMPTED_STATUS and "resume with: python train.py" in last_paragraph(err)
     assert not calls.exists()
     assert torch.load(run_dirs(tmp_path)[0] / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 1
+
+
+def test_the_rng_states_saved_at_a_signal_come_back_before_the_first_resumed_step():
+    import random
+
+    import numpy as np
+
+    from lightning_modules.preemption import PreemptionSave
+
+    interrupted = PreemptionSave(save=None)
+    interrupted.received = signal.SIGTERM  # what the handler records
+    state = interrupted.state_dict()
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    resumed = PreemptionSave(save=None)
+    resumed.load_state_dict(state)
+    resumed.on_train_batch_start(None, None, None, 0)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
+    assert PreemptionSave(save=None).state_dict() == {}  # an epoch's own checkpoint carries none
