@@ -1,7 +1,8 @@
 """A few CoKe training steps on fixed real images, reduced to numbers: per step the method's loss, the batch's new
-labels and fingerprints of the gradient (the online probes left out: they are the base class's); at the end the clustering state's checksum. tests/test_coke_reference.py compares them
-with tests/fixtures/coke_reference.json, recorded from the code before CoKe became a package (issue 29), so a
-refactor that changes any number fails. `python tests/coke_reference.py` re-records (only when a change is meant).
+labels and fingerprints of the gradient (the online probes left out: they are the base class's); at the end the
+clustering state's checksum. tests/test_coke_reference.py compares them with tests/fixtures/coke_reference.json,
+recorded from the code before CoKe became a package (issue 29), so a refactor that changes any number fails.
+`python tests/coke_reference.py` re-records (only when a change is meant).
 
 The images are the first 32 training JPEGs of the shared CIFAR-10 tar; the views are fixed transforms of them (no
 random augmentation), so the numbers depend on the method alone."""
@@ -62,7 +63,8 @@ SMALL_NET = ["model.kwargs={channels: [8, 8, 16, 16], stem_width: 8}", "trainer.
 CHECKPOINTS = {
     "ckpt_official": ("coke_cifar10", [*SMALL_NET, "method.stage2_rule=faithful", "method.clean_view.momentum=0.9",
                                        "method.soft_target.weight=0.3"]),
-    "ckpt_legacy": ("coke_cifar10_paper", [*SMALL_NET, "method.stage2_rule=legacy", "method.carried_members.fraction=0.5"]),
+    "ckpt_legacy": ("coke_cifar10_paper", [*SMALL_NET, "method.stage2_rule=legacy",
+                                           "method.carried_members.fraction=0.5"]),
 }
 SAVE_AFTER = 3
 

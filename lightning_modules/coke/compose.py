@@ -16,7 +16,7 @@ from ops.coke_state import CokeState
 
 def views(module, m):
     if module.cfg.augment.num_large_crops == 1:
-        with_projection = m.projection_weight and module.prediction is not None
+        with_projection = m.projection_weight and module.cfg.model.pred_hidden_dim  # else z is h: nothing to add
         return OneViewWithProjection(m.projection_weight) if with_projection else OneView()
     if m.view_loss == "faithful":
         return OfficialTwoViewLoss(m.alpha, m.large_crop_weight)

@@ -1,7 +1,9 @@
 """CoKe's typed config: the paper's fields at the top, each departure from it in its own section.
 
-`validate` holds the rules on combining options; configs/loader.py calls it when a config loads, so `--print-config`,
-benchmarks/budget.py and every entry point refuse a bad combination before anything trains. `RENAMED` maps the keys
+Names follow the official code's arguments (idstcv/CoKe): --coke-k is `num_clusters`, --coke-t `temperature`,
+--coke-dual-lr `dual_lr`, --coke-ratio `ratio`, --coke-alpha `alpha`; its --coke-beta is not `projection_weight`
+(see there). `validate` holds the rules on combining options; configs/loader.py calls it when a config loads, so
+`--print-config`, benchmarks/budget.py and every entry point refuse a bad combination before anything trains. `RENAMED` maps the keys
 used before issue 29 (flat, `beta`) to these; old configs and checkpoints still load, with a one-line notice.
 """
 from __future__ import annotations
@@ -99,8 +101,9 @@ class CoKeConfig(MethodConfig):
     dual_lr: float = 20.0
     temperature: float = 0.0  # 0: 0.1 for one view, 0.05 for two views
     init_epochs: int = 1  # clustering initialisation at lr 0
-    # Weight w of the projection's CE added to the predictor's (was `beta`). The official --coke-beta β weights them
-    # β and 1 − β; w here is (1 − β)/β of that, at a scale of 1/β. 0: the predictor's alone (official β = 1).
+    # Weight w of the projection's CE added to the predictor's (was `beta`, the opposite of the official --coke-beta,
+    # which weights them β and 1 − β): this loss is the official one divided by β, with w = (1 − β)/β. 0: the
+    # predictor's alone (official β = 1).
     projection_weight: float = 0.0
     proj_last_bn: bool = True  # the paper's BatchNorm at the end of the projection
     alpha: float = 0.2  # two views: weight of the one-hot CE against the swapped soft CE

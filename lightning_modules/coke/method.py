@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from lightning_modules.base import PretrainModule
 from lightning_modules.coke import compose, dashboard
@@ -29,13 +30,14 @@ class CoKe(PretrainModule):
         self.temperature = m.temperature or (0.05 if self.two_views else 0.1)
         dim = self.cfg.model.proj_output_dim
         self.projection = self.projector(dim, last_bn=m.proj_last_bn)
-        self.prediction = self.predictor(dim) if self.cfg.model.pred_hidden_dim else None
+        self.prediction = self.predictor(dim) if self.cfg.model.pred_hidden_dim else nn.Identity()
         self.views = compose.views(self, m)
         self.clustering = compose.clustering(self, m, data_info, dim)
         parts = compose.departures(self, m, data_info, dim)
         self.coarse_head = parts.coarse_head
         self.assign_encoder = parts.assignment  # what the clustering sees: the view, or the clean image
-        self.target, self.soft_target, self.terms, self.start = parts.target, parts.soft_target, parts.terms, parts.start
+        self.target, self.soft_target = parts.target, parts.soft_target  # which label, and the CE's target
+        self.terms, self.start = parts.terms, parts.start  # extra loss terms; how the clusters start
         self.cluster_weight = m.instance_term.cluster_weight
         # Labels of every training instance, filled as batches pass: for the NMI dashboard only.
         self.register_buffer("instance_labels", torch.full((data_info["num_train"], 2), -1), persistent=False)
@@ -44,9 +46,10 @@ class CoKe(PretrainModule):
     def cluster_step(self, x: torch.Tensor, batch: dict) -> torch.Tensor:
         """Cluster the batch of all ranks (no grad); return this rank's previous-epoch labels (B, H)."""
         ids = gather_no_grad(batch["index"])
-        coarse = gather_no_grad(batch["coarse"]) if self.coarse_head is not None else None
-        self.instance_labels[ids] = gather_no_grad(torch.stack([batch["fine"], batch["coarse"]], 1))
-        prev = self.clustering.step(gather_no_grad(x.detach().float()), ids, coarse)
+        classes = gather_no_grad(torch.stack([batch["fine"], batch["coarse"]], 1))
+        self.instance_labels[ids] = classes
+        # The coarse labels only restrict the assignment when the clusters are partitioned (coarse_weight > 0).
+        prev = self.clustering.step(gather_no_grad(x.detach().float()), ids, classes[:, 1])
         local = x.shape[0]
         return prev[rank() * local:(rank() + 1) * local]
 
@@ -70,7 +73,7 @@ class CoKe(PretrainModule):
     # ---- the step ----------------------------------------------------------------------------------------------
     def training_loss(self, batch: dict, feats: list[torch.Tensor]) -> torch.Tensor:
         z = [self.projection(f) for f in feats]
-        h = [self.prediction(zi) for zi in z] if self.prediction is not None else z
+        h = [self.prediction(zi) for zi in z]
         stage2 = self.stage2_targets(batch["index"])  # read before cluster_step writes this step's labels
         x = self.assign_encoder.encode(self, self.views.cluster_input(z), batch)  # what the clustering assigns
         labels = self.target.labels(self, self.cluster_step(x, batch), batch)  # the previous epoch's label
