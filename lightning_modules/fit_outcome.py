@@ -2,6 +2,8 @@
 paragraph and an exit status: a slow CPU run, a preemption signal, a checkpoint that could not be written."""
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +15,8 @@ from lightning_modules.resume import run_checkpoints
 
 SLOW_CPU_STATUS = 3
 SAVE_FAILED_STATUS = 1
+DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+               errno.EROFS: "the file system is read-only"}
 
 
 def _preemption(trainer) -> PreemptionSave | None:
@@ -35,6 +39,14 @@ def fit(trainer, model, datamodule, ckpt_path, run_dir: Path, resume_hint: str) 
     except CheckpointSaveError as err:
         print(f"checkpoint error: {err}. The run stopped at global step {trainer.global_step}; {_kept(run_dir)}. "
               f"Free space there (or make it writable), then resume with: {resume_hint}", file=sys.stderr)
+        return SAVE_FAILED_STATUS
+    except OSError as err:
+        if err.errno not in DISK_ERRORS:
+            raise
+        where = f" {err.filename}" if err.filename else ""
+        print(f"disk error: could not write{where}: {DISK_ERRORS[err.errno]} ({os.strerror(err.errno)}). The run "
+              f"stopped at global step {trainer.global_step}; {_kept(run_dir)}. Free space there (or make it "
+              f"writable), then resume with: {resume_hint}", file=sys.stderr)
         return SAVE_FAILED_STATUS
     except BaseException as err:
         if not is_preemption(err) or _preemption(trainer) is None:

@@ -155,3 +155,23 @@ def test_a_full_disk_during_an_export_keeps_the_previous_export(simclr_reference
     assert status == 1 and last_paragraph(err).startswith(
         f"checkpoint error: could not save backbone.safetensors in {out.parent}: the disk is full")
     assert out.read_bytes() == first and sorted(p.name for p in out.parent.iterdir()) == ["backbone.json", out.name]
+
+
+def test_a_full_disk_under_the_log_is_one_paragraph_too(fault_tree, tmp_path, monkeypatch, capsys):
+    from lightning_modules.csv_history import HistoryKeepingWriter
+
+    real_save = HistoryKeepingWriter.save
+
+    def save_until_epoch_1(self):
+        if any(row.get("epoch") == 1 for row in self.metrics):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.metrics_file_path)
+        return real_save(self)
+
+    monkeypatch.setattr(HistoryKeepingWriter, "save", save_until_epoch_1)
+    status, err = cli(args_for("simclr", fault_tree, tmp_path, "trainer.max_epochs=2"), capsys)
+    [run_dir] = run_dirs(tmp_path)
+    message = last_paragraph(err)
+    assert status == 1 and message.startswith(
+        f"disk error: could not write {run_dir / 'csv' / 'metrics.csv'}: the disk is full"), message
+    assert "resume with: python train.py" in message and "is kept" in message
+    assert _step(run_dir / "checkpoints" / "epoch000.ckpt") == 2
