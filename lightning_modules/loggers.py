@@ -33,6 +33,14 @@ def _has_wandb_login() -> bool:
         return False
 
 
+def _server() -> tuple[str, int]:
+    """The W&B server a run would talk to: ``WANDB_BASE_URL``'s host and port (a private server), else api.wandb.ai."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(os.environ.get("WANDB_BASE_URL") or f"https://{WANDB_HOST}")
+    return url.hostname or WANDB_HOST, url.port or (80 if url.scheme == "http" else 443)
+
+
 def _reachable(host: str, port: int = 443, timeout: float = 2.0) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -46,9 +54,10 @@ def wandb_mode(requested: str = "auto") -> str:
     env = os.environ.get("WANDB_MODE", "")
     if env in ("offline", "disabled", "dryrun"):
         return "offline"
-    if requested == "online" and not _reachable(WANDB_HOST):
+    host, port = _server()
+    if requested == "online" and not _reachable(host, port):
         raise LoggerUnavailableError(
-            f"logger.mode=online but {WANDB_HOST} is unreachable (no network?). Use logger.mode=auto (online when "
+            f"logger.mode=online but {host} is unreachable (no network?). Use logger.mode=auto (online when "
             "reachable, else offline) or logger.mode=offline and `wandb sync` the run later"
         )
     if requested in ("online", "offline"):
@@ -56,8 +65,8 @@ def wandb_mode(requested: str = "auto") -> str:
     if not _has_wandb_login():
         log.info("W&B: no login found, logging offline (sync later with `wandb sync <run>/wandb/offline-run-*`)")
         return "offline"
-    if not _reachable(WANDB_HOST):
-        log.warning("W&B: %s unreachable, logging offline (sync later with `wandb sync`)", WANDB_HOST)
+    if not _reachable(host, port):
+        log.warning("W&B: %s unreachable, logging offline (sync later with `wandb sync`)", host)
         return "offline"
     return "online"
 

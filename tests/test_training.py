@@ -1,4 +1,7 @@
-"""The training base through train.py on real CIFAR-10: learning, resume, NaN stop, W&B offline history."""
+"""The training base through train.py on real CIFAR-10: learning, resume, NaN stop, W&B offline history and the
+automatic offline fallback."""
+import re
+import socket
 import time
 
 import pytest
@@ -6,9 +9,10 @@ import torch
 
 from lightning_modules.base import NonFiniteLossError
 from lightning_modules.simclr import SimCLR
-from training_utils import metrics, run
+from training_utils import majority_share, metrics, run
 
-pytestmark = pytest.mark.slow
+# Thresholds were audited single-threaded (benchmarks/test_margins.py): one intra-op thread here too.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 SIMCLR = "configs/pretrain/simclr_cifar10.yaml"
 
 
@@ -24,7 +28,10 @@ def test_simclr_fit_learns_and_probe_beats_chance(tmp_path, cifar10_tar, cache_d
     # Chance is 0.1 on 10 balanced classes. COKE_TEST_SEED 0-4 (benchmarks/test_margins.py, RESULTS.md): fine 0.222 to
     # 0.272, coarse 0.720 to 0.784, loss drop 0.318 to 0.451; each threshold sits ~0.04 or more under the worst seed.
     assert m["online/fine_acc1"][-1] > 0.18
-    assert m["online/coarse_acc1"][-1] > 0.6  # 0.6 by always answering "animals"
+    # Always answering the commonest superclass ("animals") scores 0.6 on these labels: the probe must beat that by
+    # 0.08 (the worst seed, 0.720, is 0.12 over it).
+    majority = majority_share(run_dir)
+    assert m["online/coarse_acc1"][-1] > majority + 0.08, (m["online/coarse_acc1"][-1], majority)
     assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert list((run_dir / "views").glob("*.png"))
     assert m["perf/images_per_sec"][-1] > 0
@@ -65,8 +72,16 @@ def test_resume_continues_step_and_reproduces_state(tmp_path, cifar10_tar, cache
             run(SIMCLR, tmp_path / "b", cifar10_tar, cache_dir, *common)
     first = next((tmp_path / "b" / "runs" / "test").iterdir())
     assert torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
-    resumed = run(SIMCLR, tmp_path / "b", cifar10_tar, cache_dir, *common, "resume=auto")
+    config_before = (first / "config.yaml").read_text()
+    # A changed setting that leaves the training itself alone (no view grids): the resumed state must still match.
+    resumed = run(SIMCLR, tmp_path / "b", cifar10_tar, cache_dir, *common, "resume=auto", "logger.view_grid_every_n_epochs=0")
     assert resumed == first  # auto-resume continues in the run's own directory
+    # The run keeps its config.yaml; the changed config goes beside it as config-resumed-<timestamp>.yaml.
+    assert (first / "config.yaml").read_text() == config_before
+    beside = list(first.glob("config-resumed-*.yaml"))
+    assert len(beside) == 1 and re.fullmatch(r"config-resumed-\d{8}-\d{6}\.yaml", beside[0].name), beside
+    assert "view_grid_every_n_epochs: 0" in beside[0].read_text() and "view_grid_every_n_epochs: 0" not in config_before
+    assert not list(straight.glob("config-resumed-*.yaml"))
     a = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
     assert a["global_step"] == b["global_step"] == 2 * 3
@@ -93,18 +108,52 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, cifar10_tar, ca
 
 
 def test_wandb_offline_run_holds_history(tmp_path, cifar10_tar, cache_dir, monkeypatch):
-    from wandb_records import history_keys
+    from wandb_records import wait_for_history
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     run_dir = run(SIMCLR, tmp_path, cifar10_tar, cache_dir, "data.subset=20", "trainer.max_epochs=1",
                   "logger.kind=wandb", "logger.log_every_n_steps=1", "trainer.check_val_every_n_epoch=1")
-    files = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
-    assert len(files) == 1
-    for _ in range(50):  # wandb's service process may still be flushing after finish()
-        history = history_keys(files[0])
-        if "online/fine_acc1" in history:
-            break
-        time.sleep(0.2)
-    for key in ("train/loss", "train/lr", "online/fine_acc1", "online/coarse_acc1", "perf/images_per_sec"):
+    keys = ("train/loss", "train/lr", "online/fine_acc1", "online/coarse_acc1", "perf/images_per_sec")
+    history = wait_for_history(run_dir, keys)  # wandb's service process may still be flushing after finish()
+    for key in keys:
         assert key in history and all(isinstance(v, (int, float)) for v in history[key]), key
     assert history["augment/views/_type"] == ["images/separated"]  # the grid of views as an image
+
+
+def closed_local_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.timeout(240)
+def test_wandb_without_login_or_network_falls_back_to_offline_without_waiting(tmp_path, cifar10_tar, cache_dir,
+                                                                               monkeypatch):
+    """README: with no W&B login or no network, the default logger logs offline and never waits. No WANDB_MODE, no API
+    key, a HOME without a .netrc, and a W&B server that is a closed local port: anything online would fail or wait."""
+    from lightning_modules import loggers
+    from wandb_records import wait_for_history
+
+    home = tmp_path / "home"
+    home.mkdir()
+    for variable in ("WANDB_MODE", "WANDB_API_KEY", "NETRC", "WANDB_CONFIG_DIR"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_local_port()}")
+    # A login but no server to reach: offline as well, decided at once (a refused connection, no DNS, no wait).
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    start = time.monotonic()
+    assert loggers.wandb_mode("auto") == "offline"
+    assert time.monotonic() - start < 5
+    monkeypatch.delenv("WANDB_API_KEY")
+    assert loggers.wandb_mode("auto") == "offline"
+    # The whole run, W&B the logger, nothing said about its mode.
+    start = time.monotonic()
+    run_dir = run(SIMCLR, tmp_path, cifar10_tar, cache_dir, "data.subset=20", "trainer.max_epochs=1",
+                  "logger.kind=wandb", "logger.log_every_n_steps=1", "trainer.check_val_every_n_epoch=1")
+    elapsed = time.monotonic() - start
+    history = wait_for_history(run_dir, ["train/loss"])
+    assert len(history["train/loss"]) == 200 // 64
+    assert list(run_dir.glob("wandb/offline-run-*")) and not list(run_dir.glob("wandb/run-*"))
+    print(f"offline fallback run: {elapsed:.1f} s")

@@ -30,6 +30,23 @@ def run(config: str, tmp_path: Path, cifar10_tar: Path, cache_dir: Path, *overri
     return sorted((tmp_path / "runs" / "test").iterdir())[-1]
 
 
+def majority_share(run_dir: Path, level: str = "coarse") -> float:
+    """What always answering the commonest class scores on the labels the run's online probe is scored on (its
+    validation split, else its test split), from the run's own config.yaml: the baseline a probe must beat."""
+    import torch
+
+    from configs.loader import load_config
+    from datamodules import PretrainDataModule
+    from lightning_modules.registry import method_schemas
+
+    cfg = load_config(str(run_dir / "config.yaml"), [], method_schemas())
+    datamodule = PretrainDataModule(cfg.data, cfg.augment)
+    datamodule.setup("fit")
+    labels = torch.as_tensor(getattr((datamodule.val_set or datamodule.test_set).data, level))
+    labels = labels[labels >= 0]
+    return labels.bincount().max().item() / len(labels)
+
+
 def make_trainer(max_epochs: int, *callbacks: pl.Callback, **kwargs) -> pl.Trainer:
     """A bare CPU Trainer for fitting a module directly: no logger, checkpoints, bar, summary or sanity check."""
     kwargs = {"check_val_every_n_epoch": max_epochs, **kwargs}

@@ -5,6 +5,7 @@ wandb >= 0.2x writes it from its Go core and no longer ships a Python reader, so
 from __future__ import annotations
 
 import struct
+import time
 from pathlib import Path
 
 HEADER = 7  # ":W&B" magic, 2-byte format magic, 1-byte version
@@ -22,6 +23,8 @@ def raw_records(path: Path):
             pos += left_in_block
             continue
         _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if pos + 7 + length > len(data):  # a record still being written: what is on disk so far ends here
+            break
         chunk = data[pos + 7:pos + 7 + length]
         pos += 7 + length
         if kind == FULL:
@@ -36,8 +39,8 @@ def raw_records(path: Path):
             break
 
 
-def history_keys(path: Path) -> dict[str, list]:
-    """Every key logged to the run's history, with its values in order."""
+def history_keys(path: Path, kinds: set | None = None) -> dict[str, list]:
+    """Every key logged to the run's history, with its values in order (``kinds`` collects every record type seen)."""
     import json
 
     from wandb.proto import wandb_internal_pb2
@@ -46,8 +49,35 @@ def history_keys(path: Path) -> dict[str, list]:
     for blob in raw_records(path):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(blob)
+        if kinds is not None:
+            kinds.add(record.WhichOneof("record_type"))
         if record.WhichOneof("record_type") == "history":
             for item in record.history.item:
                 key = item.key or "/".join(item.nested_key)
                 out.setdefault(key, []).append(json.loads(item.value_json))
     return out
+
+
+def wait_for_history(run_dir: Path, keys, timeout: float = 120.0, poll: float = 0.25) -> dict[str, list]:
+    """The history of the run's one offline W&B file, once the file holds the run's exit record and every key in
+    ``keys``. W&B's service process may still be flushing after ``finish()``: the file is read again until then, and a
+    read that meets a half-written record (cut short, or one that does not parse yet) counts as not yet flushed. The
+    timeout only stops a hang (a loaded machine flushes in seconds); the failure says what the last read saw."""
+    deadline, seen = time.monotonic() + timeout, "no read yet"
+    while True:
+        files = sorted(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
+        if len(files) > 1:
+            raise AssertionError(f"more than one W&B run file: {files}")
+        if files:
+            kinds: set = set()
+            try:
+                history = history_keys(files[0], kinds)
+            except Exception as err:  # noqa: BLE001 - a record being written: read again
+                seen = f"{type(err).__name__}: {err}"
+            else:
+                if "exit" in kinds and set(keys) <= set(history):
+                    return history
+                seen = f"record types {sorted(k for k in kinds if k)}, history keys {sorted(history)}"
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the W&B run file under {run_dir} was not flushed within {timeout:g} s; {seen}")
+        time.sleep(poll)
