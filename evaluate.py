@@ -123,16 +123,17 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = list_overrides(args.overrides)
     keep_library_caches_in(peek(args.config, overrides, "data.cache_dir", default_cache_dir()))  # before imports
-    from configs.eval_schema import eval_defaults, selected_levels, selected_protocols
+    from configs.eval_schema import eval_defaults, selected_levels
     from configs.loader import ConfigError, load_config, to_plain, to_yaml
     from datamodules import DataError
     from lightning_modules.evaluation.checkpoints import build_eval_backbone, describe_source, load_source
+    from lightning_modules.evaluation.registry import selected_protocols
     from lightning_modules.evaluation.safe_load import UnsafeCheckpointError
 
     try:
         source = load_source(args.checkpoint)
         cfg = load_config(args.config, list_overrides(args.overrides), schema=eval_defaults(source.pretrain_cfg))
-        protocols, levels = selected_protocols(cfg), selected_levels(cfg)
+        protocols, levels = selected_protocols(cfg.protocol), selected_levels(cfg)
     except (ConfigError, UnsafeCheckpointError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -47,7 +47,8 @@ import evaluate  # noqa: E402
 from benchmarks.time_to_accuracy import Budget  # noqa: E402
 from configs.loader import ConfigError, load_config, to_plain  # noqa: E402
 from datamodules import PretrainDataModule  # noqa: E402
-from lightning_modules.evaluation.figures import budget_plot  # noqa: E402
+from benchmarks.budget_plot import budget_plot  # noqa: E402
+from lightning_modules.evaluation.registry import BY_ROW_NAME  # noqa: E402
 from lightning_modules.registry import method_class, method_schemas  # noqa: E402
 
 # row -> (config, overrides of that row)
@@ -179,7 +180,7 @@ def score(spec: str, out: Path, args, *extra: str) -> dict:
     values = {}
     for r in report["results"]:
         if r["metric"] == "top1" and r["level"] in ("fine", "coarse"):
-            key = "linear" if r["protocol"] == "offline-linear" else f"{r['protocol']}{r['params'].get('k', '')}"
+            key = f"{BY_ROW_NAME[r['protocol']].name}{r['params'].get('k', '') if r['protocol'] == 'knn' else ''}"
             values[(r["level"], key)] = 100 * r["value"]
     return values
 

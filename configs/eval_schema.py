@@ -13,10 +13,6 @@ from typing import Any, List, Mapping, Optional
 
 from configs.schema import AugmentConfig, DataConfig, LoggerConfig, ModelConfig
 
-PROTOCOLS = ("linear", "knn", "retrieval", "clustering", "sea", "fewshot", "diagnostics")
-# What ``protocol=all`` runs. sea, fewshot and diagnostics are named explicitly (``protocol=all,sea,fewshot,diagnostics``):
-# together they cost several times the standard four on a CPU (benchmarks/RESULTS.md, issue 17).
-STANDARD_PROTOCOLS = ("linear", "knn", "retrieval", "clustering")
 LEVELS = ("fine", "coarse")
 
 # What an evaluation takes over from the checkpoint's own config (what the backbone saw, not how it trained).
@@ -139,20 +135,6 @@ def eval_defaults(pretrain_cfg: Optional[Mapping[str, Any]]) -> EvalConfig:
             if key in source:
                 setattr(getattr(cfg, section), key, source[key])
     return cfg
-
-
-def selected_protocols(cfg) -> list[str]:
-    """The protocols to run, in a fixed order; unknown names raise ValueError naming the valid ones.
-
-    ``all`` means the standard four; sea, fewshot and diagnostics may be added to it by name.
-    """
-    names = [str(p) for p in cfg.protocol]
-    unknown = [p for p in names if p not in PROTOCOLS + ("all",)]
-    if unknown:
-        raise ValueError(f"unknown protocol {unknown}; choose from {', '.join(PROTOCOLS)} or all "
-                         f"(= {', '.join(STANDARD_PROTOCOLS)}; a list is fine)")
-    wanted = set(names) | (set(STANDARD_PROTOCOLS) if "all" in names else set())
-    return [p for p in PROTOCOLS if p in wanted]
 
 
 def selected_levels(cfg) -> list[str]:

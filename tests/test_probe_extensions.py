@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from configs.eval_schema import EvalConfig, selected_protocols
+from configs.eval_schema import EvalConfig
+from lightning_modules.evaluation.registry import selected_protocols
 from configs.loader import load_config
 from lightning_modules.evaluation.diagnostics import spread_rows
 from lightning_modules.evaluation.features import FeatureSet
@@ -168,8 +169,8 @@ def test_spread_rows_is_even_over_classes_and_the_map_png_is_written(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------- wiring
 def test_all_means_the_standard_four_and_the_new_protocols_are_added_by_name():
-    assert selected_protocols(_eval_cfg("protocol=[all]")) == ["linear", "knn", "retrieval", "clustering"]
-    assert selected_protocols(_eval_cfg("protocol=[diagnostics,all,sea]")) == [
+    assert selected_protocols(_eval_cfg("protocol=[all]").protocol) == ["linear", "knn", "retrieval", "clustering"]
+    assert selected_protocols(_eval_cfg("protocol=[diagnostics,all,sea]").protocol) == [
         "linear", "knn", "retrieval", "clustering", "sea", "diagnostics"]
 
 

@@ -69,30 +69,9 @@ def score_rows(protocol: str, level: str, scores, labels, fine_to_coarse, **para
 
 def protocol_details(row: dict) -> str:
     """One line that says exactly how the number was produced."""
-    p = row["params"]
-    if row["protocol"] == "offline-linear":
-        chosen = (f"chosen on {p['val_fraction']:g} of train, val top1 {100 * p['val_top1']:.2f}"
-                  if p.get("val_top1") is not None else "fixed, no search")
-        return f"frozen features, {p['optimizer']} {p['epochs']} epochs, lr {p['lr']:g}, wd {p['weight_decay']:g} ({chosen})"
-    if row["protocol"] == "sea":
-        chosen = (f"chosen on {p['val_fraction']:g} of train, val top1 {100 * p['val_top1']:.2f}"
-                  if p.get("val_top1") is not None else "fixed, no search")
-        return (f"SeA: L2-normalised frozen features + semantic adversarial step eta {p['eta']:g} (alpha {p['alpha']:g}), "
-                f"T {p['temperature']:g}, sgd {p['epochs']} epochs, lr {p['lr']:g}, wd {p['weight_decay']:g} ({chosen})")
-    if row["protocol"] == "fewshot":
-        return (f"{p['shots']} labelled per class ({p['train_images']} images), linear probe lr {p['lr']:g} "
-                f"wd {p['weight_decay']:g} {p['epochs']} epochs; mean ± {100 * p['std']:.2f} over {len(p['seeds'])} seeds")
-    if row["protocol"] == "diagnostics":
-        extra = {"uniformity": f", t={p.get('t')}", "alignment": ", positives: same label",
-                 "collapse_ratio": f", within {p.get('within', 0):.3f} / across {p.get('across', 0):.3f}"}
-        return f"{row['metric']} of {p['images']} frozen features ({p['dim']}-d){extra.get(row['metric'], '')}"
-    if row["protocol"] == "knn":
-        return f"k={p['k']}, {p['similarity']}, weights exp(sim/T) T={p['temperature']:g}, bank: {p['bank']}"
-    if row["protocol"] == "retrieval":
-        return f"Recall@{p['k']}, {p['similarity']}, leave-one-out"
-    if p["source"] == "coke":
-        return f"CoKe's own assignments, head {p['head']} (K={p['k']})"
-    return f"k-means (spherical, k={p['k']}, {p['iterations']} iterations, {p['init']} init)"
+    from lightning_modules.evaluation.registry import BY_ROW_NAME  # the registry imports the runners, which use this
+
+    return BY_ROW_NAME[row["protocol"]].details(row)
 
 
 def build_report(checkpoint: dict, data: dict, features: dict, results: list[dict], timings: dict, command: str) -> dict:
