@@ -108,3 +108,15 @@ def test_budget_refuses_a_bad_combination_before_any_row_trains(tmp_path):
                               "--out", str(tmp_path)])
     problems = budget.config_problems(args)
     assert len(problems) == 1 and problems[0].startswith("row bad:") and "method.clean_view.assign_on" in problems[0]
+
+
+def test_more_clusters_than_images_is_one_paragraph_before_any_run(tmp_path, cifar10_tar, cache_dir, capsys):
+    import train
+    from lightning_modules.cli_errors import run_cli
+
+    code = run_cli(train.main, ["configs/pretrain/quick.yaml", f"data.path={cifar10_tar}", f"data.cache_dir={cache_dir}",
+                       "data.subset=5", "data.batch_size=16", f"run_dir={tmp_path / 'runs'}", "logger.kind=csv"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "more clusters than the 50 training images" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()

@@ -27,6 +27,11 @@ def clustering(module, m, data_info: dict, dim: int) -> CokeState:
     coarse = m.coarse_weight > 0
     if coarse and not data_info["num_coarse"]:
         raise ValueError("method.coarse_weight > 0 needs superclass labels: use a data set with a hierarchy")
+    if data_info["num_train"] < max(m.num_clusters):
+        raise ValueError(
+            f"method.num_clusters={list(m.num_clusters)} asks for more clusters than the {data_info['num_train']} "
+            "training images: every cluster needs members. Use fewer clusters (e.g. method.num_clusters="
+            f"[{max(2, data_info['num_train'] // 10)}]) or more images")
     return CokeState(
         data_info["num_train"], list(m.num_clusters), dim, ratio=m.ratio, dual_lr=m.dual_lr, kernel=m.kernel,
         max_scores=m.max_scores, seed=module.cfg.seed, stage2_slots=m.stage2_slots if m.stage2_epochs else 0,

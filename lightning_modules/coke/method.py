@@ -94,6 +94,7 @@ class CoKe(PretrainModule):
             self.clustering.begin_stage2()
 
     def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()  # a non-finite loss stops the run before the epoch's checkpoint
         sizes = self.clustering.cluster_sizes()
         summary = self.clustering.end_epoch()  # the epoch boundary: freeze the centres, reset the counters
         dashboard.assert_ranks_agree(self.clustering)
