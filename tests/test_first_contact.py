@@ -7,6 +7,7 @@ import re
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 import train
 from configs.loader import load_config
@@ -147,14 +148,80 @@ def test_a_short_cpu_run_gets_the_notice_and_the_whole_run_progress_fields(
 
     monkeypatch.setattr(runs, "RunProgressBar", RecordingBar)
     args = [*TINY_QUICK, f"data.path={cifar10_tar}", f"data.cache_dir={cache_dir}", f"run_dir={tmp_path / 'runs'}",
-            "run_name=short", "trainer.max_epochs=3", "trainer.enable_progress_bar=true"]
+            "run_name=short", "trainer.max_epochs=3", "trainer.enable_progress_bar=true",
+            "allow_slow_cpu=false"]  # (TINY allows slow runs): a run under the budget must go on without it
     with caplog.at_level(logging.WARNING, logger="lightning_modules.cpu_run"):
         assert train.main(args) == 0
     text = notice_lines(caplog)
     assert "(3 epochs x 3 batches) would take about" in text
     assert "Stopping" not in text and QUICK_CONFIG not in text  # a short run needs no pointer to the quick config
+    assert "Continuing" not in text  # nor a reason to go on
     fields = [f for f in shown if f["run ETA"] != "-"]
     assert fields and {"epochs done", "run elapsed", "run ETA", "img/s"} <= set(fields[-1])
     assert fields[0]["epochs done"] == "0/3" and fields[-1]["epochs done"] == "3/3"
     assert all(re.fullmatch(r"\d+:\d\d:\d\d", f["run ETA"]) for f in fields) and fields[-1]["run ETA"] == "0:00:00"
     assert float(fields[-1]["img/s"]) > 0
+
+
+SIMCLR = "configs/pretrain/simclr_cifar10.yaml"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(cpu_run.gpu_found(), reason="the switch is for machines without a GPU")
+def test_a_bf16_config_trains_in_fp32_on_a_cpu_without_accelerator_cpu(tmp_path, cifar10_tar, cache_dir, caplog,
+                                                                       monkeypatch):
+    """README: without a GPU a config's bf16-mixed becomes 32 with a one-line notice. Every other training test passes
+    trainer.accelerator=cpu, which keeps the precision asked; this one leaves the accelerator to Lightning (auto) and
+    looks at the autocast state inside the training step."""
+    from lightning_modules.simclr import SimCLR
+
+    seen = []
+    original = SimCLR.training_loss
+
+    def observing(self, batch, feats):
+        seen.append((torch.is_autocast_enabled("cpu"), feats[0].dtype, str(self.trainer.precision)))
+        return original(self, batch, feats)
+
+    monkeypatch.setattr(SimCLR, "training_loss", observing)
+    args = [SIMCLR, *TINY, f"data.path={cifar10_tar}", f"data.cache_dir={cache_dir}", f"run_dir={tmp_path / 'runs'}",
+            "run_name=bf16", "data.subset=20", "data.eval_subset=10", "trainer.max_epochs=1",
+            "trainer.check_val_every_n_epoch=5", "checkpoint.every_n_epochs=0",
+            "trainer.accelerator=auto", "trainer.precision=bf16-mixed"]
+    with caplog.at_level(logging.WARNING, logger="lightning_modules.cpu_run"):
+        assert train.main(args) == 0
+    assert "trainer.precision=bf16-mixed -> 32" in notice_lines(caplog)
+    assert seen and all(step == (False, torch.float32, "32-true") for step in seen), seen
+
+
+@pytest.mark.slow
+def test_max_time_minutes_stops_a_run_at_its_budget_and_lets_a_slow_cpu_run_start(tmp_path, cifar10_tar, cache_dir,
+                                                                                   caplog, monkeypatch):
+    """README: max_time_minutes=N trains for N minutes, and bounds a CPU run that would otherwise stop. Deterministic:
+    Lightning's Timer reads a stand-in clock that moves 25 s per training step, so 2 minutes are 5 steps (of 3 per
+    epoch, with max_epochs in the millions and allow_slow_cpu=false)."""
+    from pytorch_lightning.callbacks import timer
+
+    from lightning_modules.simclr import SimCLR
+
+    clock = [1000.0]
+    monkeypatch.setattr(timer, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    original = SimCLR.training_loss
+
+    def a_25_second_step(self, batch, feats):
+        clock[0] += 25.0
+        if clock[0] > 1000.0 + 30 * 25.0:  # a run the budget does not stop ends here, not after a million epochs
+            raise RuntimeError("max_time_minutes=2 did not stop the run after 12.5 minutes on its clock")
+        return original(self, batch, feats)
+
+    monkeypatch.setattr(SimCLR, "training_loss", a_25_second_step)
+    args = [SIMCLR, *TINY, f"data.path={cifar10_tar}", f"data.cache_dir={cache_dir}", f"run_dir={tmp_path / 'runs'}",
+            "run_name=budget", "data.subset=20", "data.eval_subset=10", "trainer.max_epochs=1000000",
+            "trainer.check_val_every_n_epoch=1000", "checkpoint.every_n_epochs=0", "logger.log_every_n_steps=1",
+            "allow_slow_cpu=false", "max_time_minutes=2"]
+    with caplog.at_level(logging.WARNING, logger="lightning_modules.cpu_run"):
+        assert train.main(args) == 0
+    text = notice_lines(caplog)
+    assert "Continuing: max_time_minutes=2 bounds it." in text and "Stopping" not in text, text
+    run_dir = next((tmp_path / "runs" / "budget").iterdir())
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 5 and clock[0] == 1000.0 + 5 * 25.0
