@@ -66,6 +66,7 @@ class CokeState(torch.nn.Module):
         dual_lr: float = 20.0,
         kernel: str = "auto",
         max_scores: int = 2**22,
+        precision: str = "ieee",
         seed: int = 0,
         stage2_slots: int = 0,
         stage2_temperature: float = 0.5,
@@ -84,7 +85,7 @@ class CokeState(torch.nn.Module):
             self.offsets.append(self.offsets[-1] + k)
         self.num_instances, self.dim = int(num_instances), int(dim)
         self.ratio, self.dual_lr = float(ratio), float(dual_lr)
-        self.kernel, self.max_scores = kernel, int(max_scores)
+        self.kernel, self.max_scores, self.precision = kernel, int(max_scores), precision
         self.stage2_slots, self.stage2_temperature = int(stage2_slots), float(stage2_temperature)
         total, heads = self.offsets[-1], len(self.num_clusters)
 
@@ -146,7 +147,7 @@ class CokeState(torch.nn.Module):
             x, self.stage2.assign_centers(self), self.duals,
             self.head_offsets if kernel == "triton" else self.offsets,
             row_ranges=None if coarse is None else self.row_ranges(coarse),
-            kernel=kernel, max_scores=self.max_scores)
+            kernel=kernel, max_scores=self.max_scores, precision=self.precision)
         target = self.dual_target(coarse, x.shape[0])
         self.stage2.update_centers(self, x, labels, counts, target, kernel)
 

@@ -34,7 +34,8 @@ def clustering(module, m, data_info: dict, dim: int) -> CokeState:
             f"[{max(2, data_info['num_train'] // 10)}]) or more images")
     return CokeState(
         data_info["num_train"], list(m.num_clusters), dim, ratio=m.ratio, dual_lr=m.dual_lr, kernel=m.kernel,
-        max_scores=m.max_scores, seed=module.cfg.seed, stage2_slots=m.stage2_slots if m.stage2_epochs else 0,
+        max_scores=m.max_scores, precision=m.assign_precision, seed=module.cfg.seed,
+        stage2_slots=m.stage2_slots if m.stage2_epochs else 0,
         stage2_temperature=m.stage2_temperature, stage2_rule=m.stage2_rule,
         superclass_sizes=data_info.get("superclass_sizes") if coarse else None,
         center_carry=m.carried_members.fraction)

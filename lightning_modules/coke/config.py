@@ -47,6 +47,11 @@ class Kernel(Enum):
     torch = "torch"
 
 
+class AssignPrecision(Enum):
+    ieee = "ieee"  # exact fp32 scores: the torch path's labels
+    tf32 = "tf32"  # the Triton GEMM in tf32: faster, labels agree on >= 99.9% (tests/test_cuda.py)
+
+
 @dataclass
 class CleanView:
     """Cluster the un-augmented image (RESULTS.md ledger: "assign_on=clean"); `momentum` > 0 encodes it with an
@@ -115,6 +120,7 @@ class CoKeConfig(MethodConfig):
     stage2_rule: Stage2Rule = Stage2Rule.faithful
     coarse_weight: float = 0.0  # > 0: clusters partitioned by superclass, plus λ·coarse CE (CoKe with coarse labels)
     kernel: Kernel = Kernel.auto
+    assign_precision: AssignPrecision = AssignPrecision.ieee  # the Triton assignment's GEMM (the torch path is fp32)
     max_scores: int = 4194304  # torch path: most B×K scores held at once
     # ---- departures from the paper, one section each (lightning_modules/coke/<section>.py) ----
     clean_view: CleanView = field(default_factory=CleanView)
