@@ -15,7 +15,7 @@
 #                                            (CoKe's clustering dashboard) and the budget plot. One budget per device
 #                                            call: RACE_MINUTES=2, then 5, then 8 in later calls (fewer rows at 5 and 8)
 #
-# Stages: CUDA tests (pytest -m cuda), P1 assign.py, P3 step.py, profile_loop.py (the real loop of one-view CoKe and
+# Stages: CUDA tests (pytest -m cuda), P1 assign.py, P3 step.py (eager, then model.compile=true), profile_loop.py (the real loop of one-view CoKe and
 # SimCLR under torch.profiler), augment.py, P2 time_to_accuracy.py (CoKe, SimCLR).
 # A failed stage is recorded and the next one runs. Output under $OUT (./gpu-results/ when $OUT is unset): summary.md
 # and logs.tar.gz (one raw log per stage), two files of the 8 a device call brings back; the summary is printed last.
@@ -182,10 +182,13 @@ p2_stage() {  # NAME CONFIG RUNS_LEFT
 run_stages() {
     stage install "$([[ $SUITE_MODE == gpu ]] && echo 150 || echo "$DRY_STAGE_SECONDS")" bash "$SELF" --install
     if [[ $SUITE_MODE == gpu ]]; then
-        stage cuda-tests 150 "$PY" -m pytest -m cuda tests/test_cuda*.py -p no:cacheprovider -q --timeout 120
+        stage cuda-tests 210 "$PY" -m pytest -m cuda tests/test_cuda*.py -p no:cacheprovider -q --timeout 120
         stage p1-assign 90 "$PY" benchmarks/assign.py --rows 4096 --clusters 3000+4000+5000 --dims 128
         stage p3-step 120 "$PY" benchmarks/step.py --methods coke,simclr --reference simclr --backbone resnet18 \
             --batch-size 512 --device cuda --precision bf16-mixed --set model.cifar_stem=true model.channels_last=true
+        stage p3-compiled 150 "$PY" benchmarks/step.py --methods coke,simclr --reference simclr --backbone resnet18 \
+            --batch-size 512 --device cuda --precision bf16-mixed --warmup 10 \
+            --set model.cifar_stem=true model.channels_last=true model.compile=true
         stage profile 150 "$PY" benchmarks/profile_loop.py --config "$COKE_CONFIG" --config "$SIMCLR_CONFIG" \
             --device cuda --steps 50 --warmup 15 --set data.batch_size=512 trainer.precision=bf16-mixed
         stage augment 75 "$PY" benchmarks/augment.py --config "$COKE_CONFIG" --device cuda --workers 4,8,16 \
