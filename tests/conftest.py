@@ -39,6 +39,22 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def rng(request):
+    """A torch.Generator of this test's own, seeded from its node id: its draws do not depend on which tests ran
+    before it on the same worker. The global torch RNG is seeded the same way for the test and restored after it.
+    The seed is printed, so a failing test's report shows it (COKE_RNG_SEED=N reruns a test under another seed)."""
+    import zlib
+
+    import torch
+
+    seed = int(os.environ.get("COKE_RNG_SEED") or zlib.crc32(request.node.nodeid.encode()))
+    print(f"random seed of {request.node.nodeid}: {seed} (COKE_RNG_SEED={seed} reruns it)")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield torch.Generator().manual_seed(seed)
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     return _require(Path(default_data_root()))

@@ -1,6 +1,7 @@
 """The fused Triton assignment/update (run by the Triton interpreter on the CPU) against the torch reference.
 
-Inputs are fresh random draws on every run; outputs are poisoned before every call.
+Inputs are random draws from each test's own seeded generator (the `rng` fixture, which prints its seed); outputs
+are poisoned before every call.
 """
 import importlib
 import os
@@ -13,6 +14,10 @@ import torch.nn.functional as F  # noqa: E402
 
 from ops.assign import assign, assign_reference_style, assign_torch, label_histogram, to_global_labels, to_local_labels  # noqa: E402
 from ops.coke_update import update_clusters_  # noqa: E402
+
+# Every test draws from its own seeded generator (conftest's `rng`, which also seeds the global RNG for the test and
+# prints the seed): no test depends on the draws of the tests that ran before it on the same worker.
+pytestmark = pytest.mark.usefixtures("rng")
 
 NEAR_TIE = 1e-6
 
@@ -29,20 +34,20 @@ def triton_ops():
     return module
 
 
-def random_problem(dim, head_sizes, num_rows, dtype=torch.float32):
+def random_problem(dim, head_sizes, num_rows, rng, dtype=torch.float32):
     offsets = torch.tensor([0] + head_sizes).cumsum(0)
-    x = F.normalize(torch.randn(num_rows, dim), dim=1).to(dtype)
-    centers = F.normalize(torch.randn(int(offsets[-1]), dim), dim=1)
-    duals = torch.rand(int(offsets[-1])) * 0.05
+    x = F.normalize(torch.randn(num_rows, dim, generator=rng), dim=1).to(dtype)
+    centers = F.normalize(torch.randn(int(offsets[-1]), dim, generator=rng), dim=1)
+    duals = torch.rand(int(offsets[-1]), generator=rng) * 0.05
     return x, centers, duals, offsets
 
 
-def random_ranges(offsets, num_rows):
+def random_ranges(offsets, num_rows, rng):
     """Random non-empty [lo, hi) inside every head, as "CoKe with coarse labels" would give."""
     lo_hi = []
     for lo, hi in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
-        a = torch.randint(lo, hi, (num_rows,))
-        b = torch.randint(lo, hi, (num_rows,))
+        a = torch.randint(lo, hi, (num_rows,), generator=rng)
+        b = torch.randint(lo, hi, (num_rows,), generator=rng)
         lo_hi.append(torch.stack([torch.minimum(a, b), torch.maximum(a, b) + 1], dim=1))
     return torch.stack(lo_hi, dim=1)
 
@@ -70,11 +75,11 @@ def count_label_mismatches(x, centers, duals, labels, expected):
 
 @pytest.mark.parametrize("dim", [40, 64, 128, 256])  # 40: not a multiple of the D block
 @pytest.mark.parametrize("with_ranges", [False, True])
-def test_triton_assign_matches_torch(triton_ops, dim, with_ranges):
-    num_rows = int(torch.randint(17, 150, ()))
-    head_sizes = [int(torch.randint(20, 140, ())) for _ in range(int(torch.randint(1, 4, ())))]
-    x, centers, duals, offsets = random_problem(dim, head_sizes, num_rows)
-    ranges = random_ranges(offsets, num_rows) if with_ranges else None
+def test_triton_assign_matches_torch(triton_ops, dim, with_ranges, rng):
+    num_rows = int(torch.randint(17, 150, (), generator=rng))
+    head_sizes = [int(torch.randint(20, 140, (), generator=rng)) for _ in range(int(torch.randint(1, 4, (), generator=rng)))]
+    x, centers, duals, offsets = random_problem(dim, head_sizes, num_rows, rng)
+    ranges = random_ranges(offsets, num_rows, rng) if with_ranges else None
     out = poisoned_out(num_rows, len(head_sizes), centers.shape[0])
 
     labels, counts, scores = triton_ops.assign_triton(x, centers, duals, offsets, ranges, return_score=True, out=out)
@@ -94,19 +99,19 @@ def test_triton_assign_matches_torch(triton_ops, dim, with_ranges):
         assert ((labels >= ranges[..., 0]) & (labels < ranges[..., 1])).all()
 
 
-def test_triton_assign_bf16_input_is_upcast(triton_ops):
-    x, centers, duals, offsets = random_problem(128, [70, 33], 90, dtype=torch.bfloat16)
+def test_triton_assign_bf16_input_is_upcast(triton_ops, rng):
+    x, centers, duals, offsets = random_problem(128, [70, 33], 90, rng, dtype=torch.bfloat16)
     labels, counts = assign(x, centers, duals, offsets, kernel="triton")
     expected, _ = assign(x, centers, duals, offsets, kernel="torch")
     assert count_label_mismatches(x.float(), centers, duals, labels, expected) <= 1
     assert torch.equal(counts, label_histogram(labels, centers.shape[0]))
 
 
-def test_ties_go_to_the_lowest_index_in_every_path(triton_ops):
+def test_ties_go_to_the_lowest_index_in_every_path(triton_ops, rng):
     # Basis-vector rows and centres on a 1/4 grid: every score is exact, whatever the summation order.
     num_rows, dim, num_clusters = 40, 64, 150
-    x = torch.eye(dim)[torch.randint(0, dim, (num_rows,))]
-    centers = torch.randint(-4, 4, (num_clusters, dim)).float() / 4  # all below 1
+    x = torch.eye(dim)[torch.randint(0, dim, (num_rows,), generator=rng)]
+    centers = torch.randint(-4, 4, (num_clusters, dim), generator=rng).float() / 4  # all below 1
     for k in (3, 5, 100):  # 100 lies in another tile and in another torch chunk
         centers[k] = 1.0
     duals = torch.zeros(num_clusters)
@@ -119,9 +124,9 @@ def test_ties_go_to_the_lowest_index_in_every_path(triton_ops):
     assert (labels == 3).all()
 
 
-def test_empty_range_gives_minus_one_and_no_count(triton_ops):
-    x, centers, duals, offsets = random_problem(64, [50, 40], 30)
-    ranges = random_ranges(offsets, 30)
+def test_empty_range_gives_minus_one_and_no_count(triton_ops, rng):
+    x, centers, duals, offsets = random_problem(64, [50, 40], 30, rng)
+    ranges = random_ranges(offsets, 30, rng)
     ranges[::3, 1, 1] = ranges[::3, 1, 0]  # rows 0, 3, 6, ... may use nothing in head 1
     for kernel in ("torch", "triton"):
         labels, counts = assign(x, centers, duals, offsets, row_ranges=ranges, kernel=kernel)
@@ -131,11 +136,11 @@ def test_empty_range_gives_minus_one_and_no_count(triton_ops):
 
 
 @pytest.mark.parametrize("with_ranges", [False, True])
-def test_chunked_torch_equals_unchunked(with_ranges):
-    head_sizes = [int(torch.randint(5, 60, ())) for _ in range(3)]
-    num_rows = int(torch.randint(1, 80, ()))
-    x, centers, duals, offsets = random_problem(32, head_sizes, num_rows)
-    ranges = random_ranges(offsets, num_rows) if with_ranges else None
+def test_chunked_torch_equals_unchunked(with_ranges, rng):
+    head_sizes = [int(torch.randint(5, 60, (), generator=rng)) for _ in range(3)]
+    num_rows = int(torch.randint(1, 80, (), generator=rng))
+    x, centers, duals, offsets = random_problem(32, head_sizes, num_rows, rng)
+    ranges = random_ranges(offsets, num_rows, rng) if with_ranges else None
     full_labels, full_counts, full_scores = assign_torch(
         x, centers, duals, offsets, ranges, max_scores=10**9, return_score=True)
     for max_scores in (1, 3, min(head_sizes) - 1, 2 * max(head_sizes) + 1, 1000):
@@ -148,8 +153,8 @@ def test_chunked_torch_equals_unchunked(with_ranges):
         assert torch.allclose(scores, full_scores, atol=1e-6)
 
 
-def test_reference_style_equals_chunked():
-    x, centers, duals, offsets = random_problem(64, [40, 25], 64)
+def test_reference_style_equals_chunked(rng):
+    x, centers, duals, offsets = random_problem(64, [40, 25], 64, rng)
     labels, counts = assign_reference_style(x, centers, duals, offsets)
     expected, expected_counts = assign_torch(x, centers, duals, offsets, max_scores=100)
     assert count_label_mismatches(x, centers, duals, labels, expected) <= 1
@@ -163,22 +168,22 @@ def test_local_global_label_round_trip():
     assert torch.equal(to_local_labels(to_global_labels(local, offsets), [0, 4, 10]), local)
 
 
-def test_fp16_is_refused():
-    x, centers, duals, offsets = random_problem(16, [5], 4)
+def test_fp16_is_refused(rng):
+    x, centers, duals, offsets = random_problem(16, [5], 4, rng)
     with pytest.raises(TypeError):
         assign(x.half(), centers, duals, offsets)
 
 
 @pytest.mark.parametrize("dim", [40, 64, 256])
 @pytest.mark.parametrize("ratio", [0.4, 1.0])
-def test_triton_update_matches_torch(triton_ops, dim, ratio):
-    head_sizes = [int(torch.randint(10, 90, ())), int(torch.randint(10, 90, ()))]
-    num_rows = int(torch.randint(20, 200, ()))
-    x, centers, duals, offsets = random_problem(dim, head_sizes, num_rows)
+def test_triton_update_matches_torch(triton_ops, dim, ratio, rng):
+    head_sizes = [int(torch.randint(10, 90, (), generator=rng)), int(torch.randint(10, 90, (), generator=rng))]
+    num_rows = int(torch.randint(20, 200, (), generator=rng))
+    x, centers, duals, offsets = random_problem(dim, head_sizes, num_rows, rng)
     labels, counts = assign(x, centers, duals, offsets, kernel="torch")
     labels[::7, 1] = -1  # rows with no allowed cluster must be ignored
     counts = label_histogram(labels, centers.shape[0])
-    counters = torch.randint(0, 4, (centers.shape[0],))  # zeros: first hits replace the centre
+    counters = torch.randint(0, 4, (centers.shape[0],), generator=rng)  # zeros: first hits replace the centre
     target = ratio / torch.cat([torch.full((k,), float(k)) for k in head_sizes])
 
     results = {}

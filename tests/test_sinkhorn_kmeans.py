@@ -9,6 +9,10 @@ from scipy.optimize import linear_sum_assignment
 from ops.kmeans import kmeans_plus_plus_init, spherical_kmeans
 from ops.sinkhorn import sinkhorn
 
+# Every test draws from its own seeded generator (conftest's `rng`, which also seeds the global RNG for the test and
+# prints the seed): no test depends on the draws of the tests that ran before it on the same worker.
+pytestmark = pytest.mark.usefixtures("rng")
+
 
 def swav_reference_sinkhorn(scores: torch.Tensor, epsilon: float, iterations: int) -> torch.Tensor:
     """SwAV's distributed_sinkhorn for one process, verbatim in structure, in float64."""
@@ -68,8 +72,8 @@ def _assert_valid_assignment(q: torch.Tensor) -> None:
     torch.testing.assert_close(q.sum(dim=1), torch.ones(q.shape[0]))
 
 
-def test_finite_with_random_plus_minus_1e4():
-    signs = torch.randn(40, 9).sign()
+def test_finite_with_random_plus_minus_1e4(rng):
+    signs = torch.randn(40, 9, generator=rng).sign()
     _assert_valid_assignment(sinkhorn(signs * 1e4))
 
 
@@ -79,22 +83,22 @@ def test_all_equal_scores_give_uniform_assignments(value):
     torch.testing.assert_close(q, torch.full((20, 5), 0.2))
 
 
-def test_scores_that_are_row_plus_column_offsets_give_uniform_assignments():
+def test_scores_that_are_row_plus_column_offsets_give_uniform_assignments(rng):
     # exp(a_i + b_k) is a diagonal scaling of the all-ones matrix, which Sinkhorn removes exactly,
     # however huge the offsets: e.g. every sample scoring 1e4 on the same single cluster.
     # Integer offsets and a power-of-two epsilon keep scores / epsilon exact in float32: at 1e5 the
     # spacing of float32 is ~0.01, so inexact inputs would themselves carry a ~1% error.
-    a = torch.randint(-10_000, 10_000, (30, 1)).float()
-    b = torch.randint(-10_000, 10_000, (1, 6)).float()
+    a = torch.randint(-10_000, 10_000, (30, 1), generator=rng).float()
+    b = torch.randint(-10_000, 10_000, (1, 6), generator=rng).float()
     torch.testing.assert_close(sinkhorn(a + b, epsilon=1 / 16), torch.full((30, 6), 1 / 6))
     one_hot_same_cluster = torch.zeros(30, 6)
     one_hot_same_cluster[:, 2] = 1e4
     torch.testing.assert_close(sinkhorn(one_hot_same_cluster), torch.full((30, 6), 1 / 6))
 
 
-def test_huge_one_hot_scores_on_balanced_clusters_stay_one_hot():
+def test_huge_one_hot_scores_on_balanced_clusters_stay_one_hot(rng):
     batch, clusters = 24, 6
-    targets = torch.randperm(batch) % clusters
+    targets = torch.randperm(batch, generator=rng) % clusters
     scores = F.one_hot(targets, clusters).float() * 1e4
     q = sinkhorn(scores)
     _assert_valid_assignment(q)
@@ -121,8 +125,8 @@ def test_half_precision_input_is_computed_in_float32(dtype):
     _assert_valid_assignment(sinkhorn(huge))
 
 
-def test_sinkhorn_carries_no_gradient():
-    scores = torch.randn(8, 4, requires_grad=True)
+def test_sinkhorn_carries_no_gradient(rng):
+    scores = torch.randn(8, 4, generator=rng).requires_grad_()
     assert not sinkhorn(scores).requires_grad
 
 
@@ -163,8 +167,8 @@ def test_lloyd_iterations_recover_clusters_from_one_random_row_per_cluster():
 
 
 @pytest.mark.parametrize("init", ["random", "k-means++"])
-def test_centroids_are_unit_normalised_means_and_assignments_nearest(init):
-    features = F.normalize(torch.randn(300, 12), dim=1)
+def test_centroids_are_unit_normalised_means_and_assignments_nearest(init, rng):
+    features = F.normalize(torch.randn(300, 12, generator=rng), dim=1)
     centroids, assignments = spherical_kmeans(features, 7, iterations=50, generator=torch.Generator().manual_seed(0), init=init)
     assert centroids.shape == (7, 12) and assignments.shape == (300,) and assignments.dtype == torch.int64
     torch.testing.assert_close(centroids.norm(dim=1), torch.ones(7))
@@ -175,8 +179,8 @@ def test_centroids_are_unit_normalised_means_and_assignments_nearest(init):
         torch.testing.assert_close(centroids[c], mean_direction, rtol=1e-4, atol=1e-5)
 
 
-def test_empty_cluster_keeps_its_previous_centroid():
-    features = F.normalize(torch.rand(100, 4) + 0.1, dim=1)  # all in the positive orthant
+def test_empty_cluster_keeps_its_previous_centroid(rng):
+    features = F.normalize(torch.rand(100, 4, generator=rng) + 0.1, dim=1)  # all in the positive orthant
     unreachable = -F.normalize(torch.ones(4), dim=0)  # the antipode of the data: no row is nearest to it
     init = torch.cat([features[:3], unreachable[None]])
     centroids, assignments = spherical_kmeans(features, 4, iterations=5, init=init)
@@ -184,22 +188,22 @@ def test_empty_cluster_keeps_its_previous_centroid():
     torch.testing.assert_close(centroids[3], unreachable)
 
 
-def test_same_generator_seed_gives_the_same_clustering():
-    features = F.normalize(torch.randn(200, 8), dim=1)
+def test_same_generator_seed_gives_the_same_clustering(rng):
+    features = F.normalize(torch.randn(200, 8, generator=rng), dim=1)
     first = spherical_kmeans(features, 5, generator=torch.Generator().manual_seed(7))
     second = spherical_kmeans(features, 5, generator=torch.Generator().manual_seed(7))
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
 
 
-def test_kmeans_plus_plus_on_k_distinct_points_picks_each_once():
-    points = F.normalize(torch.randn(9, 5), dim=1)
+def test_kmeans_plus_plus_on_k_distinct_points_picks_each_once(rng):
+    points = F.normalize(torch.randn(9, 5, generator=rng), dim=1)
     chosen = kmeans_plus_plus_init(points, 9, torch.Generator().manual_seed(0))
     matches = (chosen @ points.T).argmax(dim=1)
     assert sorted(matches.tolist()) == list(range(9))
 
 
-def test_half_precision_features_and_chunked_assignment():
-    features = F.normalize(torch.randn(500, 8), dim=1)
+def test_half_precision_features_and_chunked_assignment(rng):
+    features = F.normalize(torch.randn(500, 8, generator=rng), dim=1)
     generator_seed = 3
     full = spherical_kmeans(features, 6, generator=torch.Generator().manual_seed(generator_seed))
     chunked = spherical_kmeans(features, 6, generator=torch.Generator().manual_seed(generator_seed), chunk_size=37)
@@ -208,6 +212,6 @@ def test_half_precision_features_and_chunked_assignment():
     assert centroids.dtype == torch.float32 and torch.isfinite(centroids).all()
 
 
-def test_k_larger_than_the_memory_is_an_error():
+def test_k_larger_than_the_memory_is_an_error(rng):
     with pytest.raises(ValueError, match="k must be"):
-        spherical_kmeans(torch.randn(3, 2), 4)
+        spherical_kmeans(torch.randn(3, 2, generator=rng), 4)

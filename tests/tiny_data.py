@@ -2,33 +2,55 @@
 in seconds: for the reliability tests, which need real runs but not learning."""
 from __future__ import annotations
 
+import os
 import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 
 from training_utils import TINY
 
 TRAIN_PER_CLASS, TEST_PER_CLASS = 8, 3
+COMPLETE = ".complete"
 
 
 def tiny_tree(cifar10_tar: Path, cache_dir: Path, dest: Path) -> Path:
     """``dest/<split>/<class>/*.jpg``: 8 train and 3 test images per class (extracted once per cache_dir)."""
-    master = cache_dir / f"tiny-tree-{TRAIN_PER_CLASS}-{TEST_PER_CLASS}"
-    if not (master / ".complete").is_file():
+    master = Path(cache_dir) / f"tiny-tree-{TRAIN_PER_CLASS}-{TEST_PER_CLASS}"
+    if not (master / COMPLETE).is_file():
+        _extract_once(cifar10_tar, master)
+    shutil.copytree(master, dest, ignore=shutil.ignore_patterns(COMPLETE))
+    return dest
+
+
+def _extract_once(cifar10_tar: Path, master: Path) -> None:
+    """Extract into a private folder beside ``master``, mark it complete, then rename it into place in one step: two
+    xdist workers sharing the cache see either no ``master`` or a complete one, never a file being written; the
+    slower of two racing workers drops its copy."""
+    master.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{master.name}-", dir=master.parent))
+    try:
         wanted, counts = {"train": TRAIN_PER_CLASS, "test": TEST_PER_CLASS}, {}
         with tarfile.open(cifar10_tar) as tar:
             for member in tar:
                 parts = member.name.split("/")
                 if member.isfile() and len(parts) == 4 and counts.get((parts[1], parts[2]), 0) < wanted[parts[1]]:
                     counts[(parts[1], parts[2])] = counts.get((parts[1], parts[2]), 0) + 1
-                    target = master / parts[1] / parts[2] / parts[3]
+                    target = staging / parts[1] / parts[2] / parts[3]
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(tar.extractfile(member).read())
                 if len(counts) == 20 and all(n == wanted[split] for (split, _), n in counts.items()):
                     break
-        (master / ".complete").touch()
-    shutil.copytree(master, dest, ignore=shutil.ignore_patterns(".complete"))
-    return dest
+        (staging / COMPLETE).touch()
+        if master.is_dir() and not (master / COMPLETE).is_file():  # half a tree left by an interrupted older run
+            shutil.rmtree(master, ignore_errors=True)
+        try:
+            os.replace(staging, master)
+        except OSError:  # another worker renamed its complete copy into place first
+            if not (master / COMPLETE).is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def train_args(tree: Path, tmp_path: Path, *overrides: str, config: str = "configs/pretrain/simclr_cifar10.yaml") -> list[str]:
