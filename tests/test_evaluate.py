@@ -133,9 +133,11 @@ def test_checkpoint_settings_are_inherited_and_overridable(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")  # its margins were audited single-threaded (benchmarks/test_margins.py)
 def test_probe_on_a_briefly_trained_checkpoint_beats_random_init(tmp_path, cifar10_tar, cache_dir):
     from training_utils import SEED, run
 
+    assert torch.get_num_threads() == 1  # as audited
     run_dir = run("configs/pretrain/simclr_cifar10.yaml", tmp_path, cifar10_tar, cache_dir, "data.subset=250",
                   "trainer.max_epochs=8", "trainer.check_val_every_n_epoch=8", "optim.lr=1.0")
     probe = ["protocol=linear,knn", "levels=fine", "data.subset=200", "data.eval_subset=100", "linear.epochs=30",

@@ -17,6 +17,7 @@ SIMCLR = "configs/pretrain/simclr_cifar10.yaml"
 
 
 def test_simclr_fit_learns_and_probe_beats_chance(tmp_path, cifar10_tar, cache_dir):
+    assert torch.get_num_threads() == 1  # as audited
     run_dir = run(SIMCLR, tmp_path, cifar10_tar, cache_dir, "data.subset=100", "trainer.max_epochs=5",
                   "trainer.check_val_every_n_epoch=5", "optim.lr=1.0", "optim.probe_lr=0.5", "logger.log_every_n_steps=1")
     m = metrics(run_dir)
