@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .assign import assign, to_local_labels
+from .coke_carry import carry_rule
 from .coke_partition import partition_clusters
 from .coke_stage2 import STAGE2_BUFFERS, slot_soft_targets, stage2_strategy
 
@@ -75,9 +76,8 @@ class CokeState(torch.nn.Module):
         stage2_rule: str = "faithful",
     ):
         super().__init__()
-        if not 0.0 <= center_carry < 1.0:
-            raise ValueError(f"center_carry must be in [0, 1), got {center_carry}")
         self.center_carry = float(center_carry)
+        self.carry = carry_rule(self.center_carry)
         self.stage2_rule = stage2_rule
         self.num_clusters = [int(k) for k in num_clusters]
         self.offsets = [0]
@@ -189,10 +189,7 @@ class CokeState(torch.nn.Module):
         """Freeze the centres for the loss, reset the per-epoch counters; returns this epoch's summary."""
         summary = self.epoch_summary()
         self.stage2.end_epoch(self)
-        # center_carry = 0 (the paper): the counters restart, so an epoch's first member replaces its centre.
-        # c > 0: each centre keeps c x its weight (an exponential memory of about 1/(1-c) epochs of members), so it
-        # moves smoothly and keeps its identity from one epoch to the next.
-        self.carried.copy_(torch.floor(self.counters * self.center_carry).to(torch.int64))
+        self.carried.copy_(self.carry.carried(self.counters))  # the paper: none (ops/coke_carry.py)
         self.counters.copy_(self.carried)
         self.epoch_bound.zero_()
         self.epoch_changed.zero_()
