@@ -27,8 +27,8 @@ SIMCLR_CONFIG=configs/pretrain/simclr_cifar10.yaml
 P2_MINUTES=2.0          # training minutes of each P2 run (cut when the suite runs behind)
 P2_OVERHEAD=50          # seconds a P2 run spends outside training: start-up, kNN evaluations
 SUITE_SECONDS=530       # the whole GPU run, install included; the device call allows 600
-DRY_STAGE_SECONDS=300   # dry run: a stage's deadline (15-40 CPU s each; this only stops a hang on a busy machine)
-DRY_SUITE_SECONDS=900   # dry run: the whole run's deadline (about 3 CPU min in all)
+DRY_STAGE_SECONDS=1200  # dry run: a stage's deadline, only to stop a hang: 15-40 CPU s each, so >= 30x slack
+DRY_SUITE_SECONDS=2700  # dry run: the whole run's deadline (about 3 CPU min in all; 15x slack for a loaded machine)
 RACE_MINUTES=${RACE_MINUTES:-2.0}   # --race: each row's training minutes
 RACE_ROWS=${RACE_ROWS:-coke,simclr} # --race: budget.py rows (coke is coke_cifar10.yaml); --variant rows via RACE_VARIANTS
 RACE_VARIANTS=${RACE_VARIANTS:-}    # --race: e.g. "coke-term=coke_cifar10:method.instance_term.weight=10"
