@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from data_utils import write_cifar100_pickles
 from ops.coke_state import partition_clusters
 from ops.supervised import coins_loss, supervised_ce
-from training_utils import load_benchmark, metrics, run
+from training_utils import load_benchmark, majority_share, metrics, run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "pretrain"
@@ -104,6 +104,15 @@ FITS = {
     "coins_cifar10": ["method.queue_size=512"],
     "coke_coarse_cifar10": ["method.num_clusters=[20,40]"],  # bound r·N/K = 20 and 10 at N = 1,000
 }
+# How far the online coarse probe must beat always answering the commonest superclass (0.6 here), and how far the last
+# epoch's mean loss must sit under the first's, per config: each under the worst of COKE_TEST_SEED 0-4
+# (benchmarks/test_margins.py, 2026-12-03) with a margin. Worst coarse over the majority: CoKe coarse +0.068, the others
+# +0.178 (supervised coarse) to +0.186. Worst loss drop: supervised coarse 0.125, supervised fine 0.247, SupCon 0.160,
+# CoIns 0.123; CoKe's first epoch runs at lr 0 with no targets (its loss rises), so it has no loss-drop threshold.
+COARSE_OVER_MAJORITY = {"coke_coarse_cifar10": 0.03}
+COARSE_OVER_MAJORITY_DEFAULT = 0.12
+LOSS_DROP = {"supervised_coarse_cifar10": 0.06, "supervised_fine_cifar10": 0.12, "supcon_coarse_cifar10": 0.08,
+             "coins_cifar10": 0.06}
 
 
 @pytest.mark.slow
@@ -114,16 +123,19 @@ def test_short_fit_on_cifar10_learns(config, tmp_path, cifar10_tar, cache_dir):
                   "optim.probe_lr=0.5", "logger.log_every_n_steps=1", "logger.view_grid_every_n_epochs=0")
     m = metrics(run_dir)
     assert all(math.isfinite(v) for v in m["train/loss"])
-    if "coke" not in config:  # (CoKe's epoch 0 runs at lr 0 and has no targets yet)
-        steps = len(m["train/loss"]) // 3
-        first, last = sum(m["train/loss"][:steps]) / steps, sum(m["train/loss"][-steps:]) / steps
-        assert last < first, (first, last)
+    steps = len(m["train/loss"]) // 3
+    first, last = sum(m["train/loss"][:steps]) / steps, sum(m["train/loss"][-steps:]) / steps
+    majority = majority_share(run_dir)
     coarse_ce = f" {config}_coarse_ce={m['train/coarse_ce'][-1]:.4f}" if "coke" in config else ""
     print(f"MEASURED {config}_coarse={m['online/coarse_acc1'][-1]:.4f} {config}_fine={m['online/fine_acc1'][-1]:.4f}"
-          + coarse_ce)
-    # The superclass target (vehicles / animals) is learnable in 3 epochs; 0.6 is "always animals". Chance on fine is
-    # 0.1. Worst of COKE_TEST_SEED 0-4 over the five configs (RESULTS.md): coarse 0.672, fine 0.142 (coke_coarse).
-    assert m["online/coarse_acc1"][-1] > 0.6
+          f" {config}_coarse_over_majority={m['online/coarse_acc1'][-1] - majority:.4f}"
+          f" {config}_loss_drop={first - last:.4f}" + coarse_ce)
+    if config in LOSS_DROP:
+        assert last < first - LOSS_DROP[config], (first, last)
+    # The superclass target (vehicles / animals) is learnable in 3 epochs; always answering "animals" scores the
+    # majority share (0.6). Chance on fine is 0.1. Worst fine of COKE_TEST_SEED 0-4: 0.154 (coke_coarse; 0.142 in RESULTS.md).
+    margin = COARSE_OVER_MAJORITY.get(config, COARSE_OVER_MAJORITY_DEFAULT)
+    assert m["online/coarse_acc1"][-1] > majority + margin, (m["online/coarse_acc1"][-1], majority)
     assert m["online/fine_acc1"][-1] > 0.12
     if "coke" in config:
         assert m["train/coarse_ce"][-1] < math.log(2)
