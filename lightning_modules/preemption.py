@@ -2,11 +2,13 @@
 boundary and stop with :data:`PREEMPTED_STATUS`; under SLURM, SIGUSR1 (the sbatch recipe's time-limit warning)
 also requeues the job, which continues the same run.
 
-The handler only raises Lightning's own stop flag: Lightning checks it after each training step (and, under DDP,
-broadcasts rank 0's flag first, so every rank stops at the same step), and its exception reaches
-:meth:`PreemptionSave.on_exception`, where the loop state is that of a finished step. The checkpoint holds what
-Lightning restores mid-epoch (the loops' progress, the loggers' step, the stateful loader's position, the module's
-buffers, CoKe's clustering state among them) plus the RNG states, put back before the first resumed step.
+The handler only records the signal. After a training step the flag is raised in Lightning's own stop check, so
+Lightning stops after that step; under DDP the ranks first agree (rank 0's signal is broadcast every
+:data:`DDP_CHECK_EVERY` steps, in the same hook on every rank), so every rank stops after the same step. The
+exception reaches :meth:`PreemptionSave.on_exception` on every rank, where the loop state is that of a finished step.
+The checkpoint holds what Lightning restores mid-epoch (the loops' progress, the loggers' step, the stateful loader's
+position, the module's buffers, CoKe's clustering state among them) plus the RNG states, put back before the first
+resumed step.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 PREEMPTED_STATUS = 75  # sysexits' EX_TEMPFAIL: stopped early on purpose, resume to continue
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 REQUEUE_SIGNAL = signal.SIGUSR1  # SIGTERM also comes with scancel: that one must not requeue
+DDP_CHECK_EVERY = 10  # steps between the ranks' agreements on a signal (a host read each)
 
 
 class PreemptionSave(pl.Callback):
@@ -36,8 +39,6 @@ class PreemptionSave(pl.Callback):
         self.received: int | None = None
         self.saved: Path | None = None
         self.requeued: str | None = None  # the SLURM job id requeued
-        self._trainer = None
-        self._previous: dict = {}
         self._rng_to_restore: dict | None = None
         self._steps = 0  # training steps run by this process
 
@@ -46,23 +47,26 @@ class PreemptionSave(pl.Callback):
         # Lightning gives a stateful loader its checkpointed position only when it builds the loader after the
         # restore; configure_optimizers' estimated_stepping_batches built it before, so the position is given here.
         trainer.fit_loop._load_combined_loader_states()
-        # After Lightning installed its SIGTERM handler (called from ours); its teardown restores the handlers of
-        # before the fit, ours included, on every way out.
-        if threading.current_thread() is not threading.main_thread():
-            return
-        self._trainer = trainer
-        for signum in SIGNALS:
-            self._previous[signum] = signal.signal(signum, self._handle)
+        # Installed over Lightning's SIGTERM handler; Lightning's teardown restores the handlers of before the fit.
+        if threading.current_thread() is threading.main_thread():
+            for signum in SIGNALS:
+                signal.signal(signum, self._handle)
 
     def _handle(self, signum, frame):
         if self.received is None:
             log.warning("received %s: saving a checkpoint after the current training step, then stopping",
                         signal.Signals(signum).name)
             self.received = signum
-        self._trainer._signal_connector.received_sigterm = True  # Lightning's own flag: it stops after this step
-        previous = self._previous.get(signum)
-        if signum == signal.SIGTERM and callable(previous):
-            previous(signum, frame)  # Lightning's: passes SIGTERM on to the processes its launcher started
+
+    def _rank0_received(self, trainer) -> bool:
+        """Whether rank 0 has a signal, known alike on every rank (a read of the device every few steps)."""
+        if not _distributed(trainer):
+            return self.received is not None
+        if self._steps % DDP_CHECK_EVERY:
+            return False
+        flag = torch.tensor([int(self.received is not None)], device=trainer.strategy.root_device)
+        torch.distributed.broadcast(flag, src=0)
+        return bool(flag.item())
 
     # ---- the save -------------------------------------------------------------------------------
     def on_exception(self, trainer, pl_module, exception):
@@ -88,6 +92,8 @@ class PreemptionSave(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self._steps += 1
+        if self._rank0_received(trainer):
+            trainer._signal_connector.received_sigterm = True  # Lightning's own flag: it stops after this step
 
     def describe(self, trainer, resume_hint: str) -> str:
         name = signal.Signals(self.received or signal.SIGTERM).name
@@ -98,6 +104,10 @@ class PreemptionSave(pl.Callback):
         then = (f"SLURM job {self.requeued} was requeued and will continue this run" if self.requeued
                 else f"resume with: {resume_hint}")
         return f"stopped by {name} at {where}: {saved}; {then}. Every earlier checkpoint and log is kept"
+
+
+def _distributed(trainer) -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and trainer.world_size > 1
 
 
 def rng_states() -> dict:

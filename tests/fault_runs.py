@@ -78,13 +78,14 @@ def coke_reference(fault_tree, tmp_path_factory) -> Path:
 
 
 class SignalAtStep(pl.Callback):
-    """Sends ``signum`` to this process after training step ``step`` (a deterministic preemption)."""
+    """Sends ``signum`` to this process during the training step that ends at global step ``step`` (a deterministic
+    preemption: the run stops after that step)."""
 
     def __init__(self, step: int, signum: int = signal.SIGTERM):
         self.step, self.signum = step, signum
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.step:
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step - 1:
             os.kill(os.getpid(), self.signum)
 
 
