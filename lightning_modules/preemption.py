@@ -46,7 +46,12 @@ class PreemptionSave(pl.Callback):
     def on_train_start(self, trainer, pl_module):
         # Lightning gives a stateful loader its checkpointed position only when it builds the loader after the
         # restore; configure_optimizers' estimated_stepping_batches built it before, so the position is given here.
-        trainer.fit_loop._load_combined_loader_states()
+        try:
+            trainer.fit_loop._load_combined_loader_states()
+        except RuntimeError as err:  # a loader without state (data.loader=workers) resuming a device loader's
+            trainer.fit_loop._combined_loader_states_to_load = []
+            log.warning("resume: the training loader cannot take the checkpoint's position in the epoch (%s); this "
+                        "epoch's batches start again from its first", str(err).split(". ")[0])
         # Installed over Lightning's SIGTERM handler; Lightning's teardown restores the handlers of before the fit.
         if threading.current_thread() is threading.main_thread():
             for signum in SIGNALS:

@@ -124,3 +124,16 @@ def test_the_rng_states_saved_at_a_signal_come_back_before_the_first_resumed_ste
     resumed.on_train_batch_start(None, None, None, 0)
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
     assert PreemptionSave(save=None).state_dict() == {}  # an epoch's own checkpoint carries none
+
+
+def test_a_mid_epoch_checkpoint_resumed_with_the_worker_loader_restarts_the_epoch(fault_tree, tmp_path, monkeypatch,
+                                                                                  capsys, caplog):
+    """The worker DataLoader keeps no position: the resume says so and trains the epoch from its first batch."""
+    args = args_for("simclr", fault_tree, tmp_path, "trainer.max_epochs=2")
+    with extra_callback(monkeypatch, SignalAtStep(3)):
+        assert cli(args, capsys)[0] == PREEMPTED_STATUS
+    status, err = cli([*args, "resume=auto", "data.loader=workers"], capsys)
+    assert status == 0, err
+    assert "cannot take the checkpoint's position in the epoch" in caplog.text
+    [run_dir] = run_dirs(tmp_path)
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
