@@ -16,6 +16,13 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[variable] = "1"
 
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():
+    # Before anything imports triton (Lightning does): kernels defined later must be interpreted on the CPU, or the
+    # Triton tests depend on which test file the worker collected first. tests/test_cuda.py compiles them on CUDA.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from configs.schema import default_data_root  # noqa: E402
 
 

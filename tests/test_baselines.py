@@ -40,7 +40,8 @@ STATE_BUFFERS = {
 
 def build(method: str, cifar10_tar, cache_dir, *overrides: str):
     cfg = load_config(CONFIGS / f"{method}_cifar10.yaml", [
-        *TINY, *SMALL_STATE[method], f"data.path={cifar10_tar}", f"data.cache_dir={cache_dir}", *overrides,
+        *TINY, *SMALL_STATE[method], f"data.path={cifar10_tar}", f"data.cache_dir={cache_dir}",
+        "logger.log_every_n_steps=1", *overrides,  # the tests read train/loss at every step
     ], method_schemas())
     datamodule = PretrainDataModule(cfg.data, cfg.augment)
     datamodule.setup("fit")
