@@ -166,7 +166,7 @@ p2_stage() {  # NAME CONFIG RUNS_LEFT
     local name=$1 config=$2 minutes
     if [[ $SUITE_MODE == dry ]]; then
         stage "$name" "$DRY_STAGE_SECONDS" "$PY" benchmarks/time_to_accuracy.py --config "$config" --device cpu \
-            --minutes 0.02 --backbone test_resnet --batch-size 32 --subset 10 --eval-subset 5 --workers 0 --threads 1 \
+            --minutes 0.02 --backbone test_resnet --batch-size 32 --subset 50 --eval-subset 5 --workers 0 --threads 1 \
             --peak-size 64
         return
     fi
@@ -198,7 +198,7 @@ run_stages() {
         stage cuda-tests "$cap" "$PY" -m pytest -m cuda tests/test_cuda*.py -p no:cacheprovider -q
         stage p1-assign "$cap" "$PY" benchmarks/assign.py --rows 64 --clusters 3000 --dims 16 --warmup 1 --iters 2
         stage p3-step "$cap" "$PY" benchmarks/step.py --methods coke,simclr --reference simclr --backbone test_resnet \
-            --batch-size 8 --steps 2 --warmup 1 --num-images 64 --device cpu --precision 32 --threads 1 \
+            --batch-size 8 --steps 2 --warmup 1 --num-images 512 --device cpu --precision 32 --threads 1 \
             --set model.cifar_stem=false model.channels_last=true
         stage profile "$cap" "$PY" benchmarks/profile_loop.py --config "$COKE_CONFIG" --config "$SIMCLR_CONFIG" \
             --device cpu --steps 2 --warmup 1 --set model.backbone=test_resnet model.cifar_stem=false \
@@ -220,7 +220,7 @@ race_stages() {
             --out "$OUT_DIR/race"
     else
         stage race "$DRY_STAGE_SECONDS" "$PY" benchmarks/budget.py --device cpu --minutes 0.02 --rows "$RACE_ROWS" \
-            "${variants[@]}" --backbone test_resnet --batch-size 32 --subset 10 --csv --out "$OUT_DIR/race" \
+            "${variants[@]}" --backbone test_resnet --batch-size 32 --subset 50 --csv --out "$OUT_DIR/race" \
             --threads 1 --set data.eval_subset=5 --eval-set data.subset=10 data.eval_subset=5 linear.epochs=2
     fi
     local csv row
