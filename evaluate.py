@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from lightning_modules.cli_errors import DEBUG_FLAG, DEBUG_HELP, run_cli
+from lightning_modules.run.cli_errors import DEBUG_FLAG, DEBUG_HELP, run_cli
 
 DEFAULT_CONFIG = "configs/eval/default.yaml"
 LIST_KEYS = ("protocol", "levels")
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from configs.loader import peek
     from configs.schema import default_cache_dir
-    from lightning_modules.library_dirs import keep_library_caches_in
+    from lightning_modules.run.library_dirs import keep_library_caches_in
 
     overrides = list_overrides(args.overrides)
     keep_library_caches_in(peek(args.config, overrides, "data.cache_dir", default_cache_dir()))  # before imports

@@ -10,7 +10,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from lightning_modules.cli_errors import DEBUG_FLAG, DEBUG_HELP, run_cli
+from lightning_modules.run.cli_errors import DEBUG_FLAG, DEBUG_HELP, run_cli
 
 DEFAULT_CONFIG = "configs/pretrain/coke_cifar10.yaml"
 
@@ -34,16 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from configs.loader import ConfigError, load_config, peek, to_plain, to_yaml
     from configs.schema import default_cache_dir
-    from lightning_modules.library_dirs import keep_library_caches_in
+    from lightning_modules.run.library_dirs import keep_library_caches_in
 
     keep_library_caches_in(peek(args.config, args.overrides, "data.cache_dir", default_cache_dir()))  # before imports
-    from lightning_modules import fit_outcome
+    from lightning_modules.run import fit_outcome
     from lightning_modules.registry import method_class, method_schemas
-    from lightning_modules.loggers import check_logger
-    from lightning_modules.resume import resolve_resume, resume_command
-    from lightning_modules.resume_match import check_fits, check_same_model
-    from lightning_modules.runs import build_trainer, check_trainer_keys, prepare_run_dir
-    from lightning_modules.warm_start import apply_warm_start, load_warm_start
+    from lightning_modules.run.loggers import check_logger
+    from lightning_modules.run.resume import resolve_resume, resume_command
+    from lightning_modules.run.resume_match import check_fits, check_same_model
+    from lightning_modules.run.runs import build_trainer, check_trainer_keys, prepare_run_dir
+    from lightning_modules.run.warm_start import apply_warm_start, load_warm_start
 
     try:
         cfg = load_config(args.config, args.overrides, method_schemas())
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as err:
         print(f"data error: {err}", file=sys.stderr)
         return 1
-    from lightning_modules.label_use import unlabelled_refusal
+    from lightning_modules.run.label_use import unlabelled_refusal
 
     refusal = unlabelled_refusal(cfg.method, cfg.data) if not datamodule.info.num_fine else ""
     refusal = refusal or datamodule.fewer_than_a_batch()

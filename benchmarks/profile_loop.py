@@ -9,7 +9,7 @@ training_step, backward, optimizer step, callbacks) is a ``record_function`` ran
 one's host milliseconds per step. On CUDA it also gives the GPU busy fraction (kernel time over the window's
 wall time), the longest gaps between kernels, and every device-to-host synchronisation with its source line
 (``torch.cuda.set_sync_debug_mode``); on the CPU the host reads are found by wrapping the tensor methods
-(lightning_modules/host_reads.py). ``loop / step`` is the loop's images/s over the step's alone (on_train_batch_start
+(lightning_modules/run/host_reads.py). ``loop / step`` is the loop's images/s over the step's alone (on_train_batch_start
 to on_train_batch_end, CUDA events), the ratio issue 32 asks to be >= 0.9.
 """
 from __future__ import annotations
@@ -30,10 +30,10 @@ from pytorch_lightning.profilers import Profiler
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import lightning_modules.runs as runs  # noqa: E402
+import lightning_modules.run.runs as runs  # noqa: E402
 import train  # noqa: E402
 from configs.schema import default_data_root  # noqa: E402
-from lightning_modules.host_reads import CudaSyncs, HostReads  # noqa: E402
+from lightning_modules.run.host_reads import CudaSyncs, HostReads  # noqa: E402
 
 class RecordFunctions(Profiler):
     """Lightning's profiler interface, each action a torch.profiler ``record_function`` range."""

@@ -120,7 +120,7 @@ class LoggerConfig:
     log_every_n_steps: int = 10
     view_grid_every_n_epochs: int = 1  # 0: never
     # Feature diagnostics (RankMe, alignment, uniformity, within-superclass collapse) of held-out images during
-    # pretraining, every N epochs (lightning_modules/feature_diagnostics.py); 0: never
+    # pretraining, every N epochs (lightning_modules/run/feature_diagnostics.py); 0: never
     diagnostics_every_n_epochs: int = 5
     diagnostics_images: int = 1024  # held-out images (validation split, else test) they are measured on
 
@@ -155,5 +155,5 @@ class PretrainConfig:
     resume: str = ""  # path to a checkpoint, or "auto" (newest last.ckpt of this run name)
     init_backbone: str = ""  # a new run's backbone from this checkpoint (.ckpt, run directory or .safetensors)
     max_time_minutes: float = 0.0  # 0: no wall-clock budget
-    # On the CPU a run estimated over an hour stops after its first batches (lightning_modules/cpu_run.py); true: go on
+    # On the CPU a run estimated over an hour stops after its first batches (lightning_modules/run/cpu_run.py); true: go on
     allow_slow_cpu: bool = False

@@ -19,7 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from configs.schema import MethodConfig
 from lightning_modules.backbone import build_backbone
 from lightning_modules.heads import mlp
-from lightning_modules.host_reads import logging_step
+from lightning_modules.run.host_reads import logging_step
 from lightning_modules.optim import build_optimizer, constant_lr, param_groups, scaled_lr, warmup_cosine
 
 

@@ -19,7 +19,7 @@ class SupConConfig(MethodConfig):
 
 class SupCon(PretrainModule):
     Config = SupConConfig
-    labels_used = staticmethod(lambda method_cfg: "coarse")  # lightning_modules/label_use.py
+    labels_used = staticmethod(lambda method_cfg: "coarse")  # lightning_modules/run/label_use.py
 
     def __init__(self, cfg: dict, data_info: dict):
         super().__init__(cfg, data_info)

@@ -28,7 +28,7 @@ class SupervisedConfig(MethodConfig):
 
 class Supervised(PretrainModule):
     Config = SupervisedConfig
-    labels_used = staticmethod(lambda method_cfg: method_cfg.labels)  # lightning_modules/label_use.py
+    labels_used = staticmethod(lambda method_cfg: method_cfg.labels)  # lightning_modules/run/label_use.py
 
     def __init__(self, cfg: dict, data_info: dict):
         super().__init__(cfg, data_info)

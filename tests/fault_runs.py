@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 
 import train
-from lightning_modules.cli_errors import run_cli
+from lightning_modules.run.cli_errors import run_cli
 from tiny_data import run_dirs, tiny_tree, train_args
 
 EPOCHS = 3  # x 2 steps
@@ -92,7 +92,7 @@ class SignalAtStep(pl.Callback):
 @contextmanager
 def extra_callback(monkeypatch, callback: pl.Callback):
     """``callback`` joins the Trainer that train.main builds."""
-    import lightning_modules.runs as runs
+    import lightning_modules.run.runs as runs
 
     build = runs.build_trainer
 

@@ -8,8 +8,8 @@ import pytest
 import evaluate
 import train
 from data_utils import write_cifar100_pickles
-from lightning_modules import loggers
-from lightning_modules.cli_errors import run_cli
+from lightning_modules.run import loggers
+from lightning_modules.run.cli_errors import run_cli
 from lightning_modules.simclr import SimCLR
 from test_evaluate import write_checkpoint
 from tiny_data import tiny_tree, train_args

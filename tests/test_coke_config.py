@@ -95,7 +95,7 @@ def test_a_bad_combination_is_refused_at_load(overrides, message):
 
 def test_print_config_refuses_a_bad_combination(capsys):
     import train
-    from lightning_modules.cli_errors import run_cli
+    from lightning_modules.run.cli_errors import run_cli
 
     status = run_cli(train.main, [str(ONE_VIEW), "method.clean_view.assign_on=clean", "--print-config"])
     out = capsys.readouterr()
@@ -112,7 +112,7 @@ def test_budget_refuses_a_bad_combination_before_any_row_trains(tmp_path):
 
 def test_more_clusters_than_images_is_one_paragraph_before_any_run(tmp_path, cifar10_tar, cache_dir, capsys):
     import train
-    from lightning_modules.cli_errors import run_cli
+    from lightning_modules.run.cli_errors import run_cli
 
     code = run_cli(train.main, ["configs/pretrain/quick.yaml", f"data.path={cifar10_tar}", f"data.cache_dir={cache_dir}",
                        "data.subset=5", "data.batch_size=16", f"run_dir={tmp_path / 'runs'}", "logger.kind=csv"])

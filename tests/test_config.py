@@ -54,7 +54,7 @@ def test_data_root_follows_environment(monkeypatch, tmp_path):
 def _train(capsys, *args):
     """train.py's command line in this process (a subprocess would spend its time importing torch): (status, out)."""
     import train
-    from lightning_modules.cli_errors import run_cli
+    from lightning_modules.run.cli_errors import run_cli
 
     status = run_cli(train.main, [str(REPO / args[0]), *args[1:]])
     return status, capsys.readouterr()

@@ -4,7 +4,7 @@ without CUDA; benchmarks/gpu_suite.sh runs it."""
 import pytest
 import torch
 
-from lightning_modules.host_reads import CudaSyncs
+from lightning_modules.run.host_reads import CudaSyncs
 from test_host_reads import METHODS, reads_outside_logging, train_counting_reads
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

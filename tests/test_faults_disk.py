@@ -15,7 +15,7 @@ import torch
 
 from fault_runs import (args_for, assert_same_weights, cli, copy_run, failing_writes, fault_tree,  # noqa: F401
                         last_paragraph, simclr_reference, snapshot)
-from lightning_modules.atomic_save import TEMP_SUFFIX
+from lightning_modules.run.atomic_save import TEMP_SUFFIX
 from tiny_data import run_dirs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -55,7 +55,7 @@ KILL_DURING_SAVE = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
 import train
-from lightning_modules.cli_errors import run_cli
+from lightning_modules.run.cli_errors import run_cli
 real_write, seen = os.write, []
 def write(fd, data):
     name = os.path.basename(os.readlink(f"/proc/self/fd/{{fd}}"))
@@ -143,7 +143,7 @@ def test_a_run_directory_that_cannot_be_created(fault_tree, tmp_path, monkeypatc
 
 def test_a_full_disk_during_an_export_keeps_the_previous_export(simclr_reference, tmp_path, monkeypatch, capsys):
     import evaluate
-    from lightning_modules.cli_errors import run_cli
+    from lightning_modules.run.cli_errors import run_cli
 
     out = tmp_path / "export" / "backbone.safetensors"
     checkpoint = simclr_reference / "checkpoints" / "epoch000.ckpt"
@@ -158,7 +158,7 @@ def test_a_full_disk_during_an_export_keeps_the_previous_export(simclr_reference
 
 
 def test_a_full_disk_under_the_log_is_one_paragraph_too(fault_tree, tmp_path, monkeypatch, capsys):
-    from lightning_modules.csv_history import HistoryKeepingWriter
+    from lightning_modules.run.csv_history import HistoryKeepingWriter
 
     real_save = HistoryKeepingWriter.save
 

@@ -13,7 +13,7 @@ import torch
 
 from fault_runs import (SignalAtStep, args_for, assert_same_weights, cli, coke_reference, extra_callback,  # noqa: F401
                         fault_tree, last_paragraph, simclr_reference)
-from lightning_modules.preemption import PREEMPTED_STATUS
+from lightning_modules.run.preemption import PREEMPTED_STATUS
 from tiny_data import run_dirs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -113,7 +113,7 @@ def test_the_rng_states_saved_at_a_signal_come_back_before_the_first_resumed_ste
 
     import numpy as np
 
-    from lightning_modules.preemption import PreemptionSave
+    from lightning_modules.run.preemption import PreemptionSave
 
     interrupted = PreemptionSave(save=None)
     interrupted.received = signal.SIGTERM  # what the handler records

@@ -12,14 +12,14 @@ from configs.loader import load_config
 from fault_runs import (args_for, cli, copy_run, extra_callback, fault_tree, last_paragraph,  # noqa: F401
                         simclr_reference, snapshot)
 from lightning_modules.registry import method_schemas
-from lightning_modules.runs import prepare_run_dir
+from lightning_modules.run.runs import prepare_run_dir
 from tiny_data import run_dirs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_a_damaged_last_ckpt_is_skipped_named_and_kept(simclr_reference, fault_tree, tmp_path, capsys, caplog):
-    caplog.set_level(logging.INFO, logger="lightning_modules.resume")
+    caplog.set_level(logging.INFO, logger="lightning_modules.run.resume")
     run_dir = copy_run(simclr_reference, tmp_path)
     last = run_dir / "checkpoints" / "last.ckpt"
     damaged = last.read_bytes()[:5000]

@@ -12,10 +12,10 @@ import torch
 import train
 from configs.loader import load_config
 from datamodules.datamodule import PretrainDataModule, available_cores
-from lightning_modules import cpu_run, runs
-from lightning_modules.cpu_run import QUICK_CONFIG, fit_precision_to_cpu
-from lightning_modules.run_clock import BatchRate, batches_done, clock, in_words, run_batches
-from lightning_modules.run_progress import RunProgressBar, run_summary
+from lightning_modules.run import cpu_run, runs
+from lightning_modules.run.cpu_run import QUICK_CONFIG, fit_precision_to_cpu
+from lightning_modules.run.run_clock import BatchRate, batches_done, clock, in_words, run_batches
+from lightning_modules.run.run_progress import RunProgressBar, run_summary
 from training_utils import TINY
 
 TINY_QUICK = [QUICK_CONFIG, *TINY, "data.subset=20", "data.eval_subset=10", "method.num_clusters=[10,20]",
@@ -89,7 +89,7 @@ def test_loader_workers_are_capped_at_the_available_cores_with_one_line(caplog):
 
 def test_bf16_falls_back_to_32_only_when_no_gpu_was_found(monkeypatch, caplog):
     monkeypatch.setattr(cpu_run, "gpu_found", lambda: False)
-    with caplog.at_level(logging.WARNING, logger="lightning_modules.cpu_run"):
+    with caplog.at_level(logging.WARNING, logger="lightning_modules.run.cpu_run"):
         assert fit_precision_to_cpu({"precision": "bf16-mixed", "max_epochs": 3}) == {"precision": "32",
                                                                                        "max_epochs": 3}
     assert len(caplog.records) == 1 and "-> 32" in caplog.records[0].getMessage()
@@ -118,7 +118,7 @@ def test_a_slow_first_batch_is_enough_for_the_estimate(caplog):
 
 
 def notice_lines(caplog) -> str:
-    return "\n".join(r.getMessage() for r in caplog.records if r.name == "lightning_modules.cpu_run")
+    return "\n".join(r.getMessage() for r in caplog.records if r.name == "lightning_modules.run.cpu_run")
 
 
 @pytest.mark.slow
@@ -126,7 +126,7 @@ def test_a_cpu_run_over_the_budget_prints_the_estimate_and_the_quick_command_the
         tmp_path, cifar10_tar, cache_dir, caplog):
     args = [*TINY_QUICK, f"data.path={cifar10_tar}", f"data.cache_dir={cache_dir}", f"run_dir={tmp_path / 'runs'}",
             "run_name=slow", "trainer.max_epochs=1000000", "allow_slow_cpu=false"]
-    with caplog.at_level(logging.WARNING, logger="lightning_modules.cpu_run"):
+    with caplog.at_level(logging.WARNING, logger="lightning_modules.run.cpu_run"):
         assert train.main(args) == 3
     text = notice_lines(caplog)
     assert "no GPU in use: training on the CPU" in text
@@ -150,7 +150,7 @@ def test_a_short_cpu_run_gets_the_notice_and_the_whole_run_progress_fields(
     args = [*TINY_QUICK, f"data.path={cifar10_tar}", f"data.cache_dir={cache_dir}", f"run_dir={tmp_path / 'runs'}",
             "run_name=short", "trainer.max_epochs=3", "trainer.enable_progress_bar=true",
             "allow_slow_cpu=false"]  # (TINY allows slow runs): a run under the budget must go on without it
-    with caplog.at_level(logging.WARNING, logger="lightning_modules.cpu_run"):
+    with caplog.at_level(logging.WARNING, logger="lightning_modules.run.cpu_run"):
         assert train.main(args) == 0
     text = notice_lines(caplog)
     assert "(3 epochs x 3 batches) would take about" in text
@@ -187,7 +187,7 @@ def test_a_bf16_config_trains_in_fp32_on_a_cpu_without_accelerator_cpu(tmp_path,
             "run_name=bf16", "data.subset=20", "data.eval_subset=10", "trainer.max_epochs=1",
             "trainer.check_val_every_n_epoch=5", "checkpoint.every_n_epochs=0",
             "trainer.accelerator=auto", "trainer.precision=bf16-mixed"]
-    with caplog.at_level(logging.WARNING, logger="lightning_modules.cpu_run"):
+    with caplog.at_level(logging.WARNING, logger="lightning_modules.run.cpu_run"):
         assert train.main(args) == 0
     assert "trainer.precision=bf16-mixed -> 32" in notice_lines(caplog)
     assert seen and all(step == (False, torch.float32, "32-true") for step in seen), seen
@@ -218,7 +218,7 @@ def test_max_time_minutes_stops_a_run_at_its_budget_and_lets_a_slow_cpu_run_star
             "run_name=budget", "data.subset=20", "data.eval_subset=10", "trainer.max_epochs=1000000",
             "trainer.check_val_every_n_epoch=1000", "checkpoint.every_n_epochs=0", "logger.log_every_n_steps=1",
             "allow_slow_cpu=false", "max_time_minutes=2"]
-    with caplog.at_level(logging.WARNING, logger="lightning_modules.cpu_run"):
+    with caplog.at_level(logging.WARNING, logger="lightning_modules.run.cpu_run"):
         assert train.main(args) == 0
     text = notice_lines(caplog)
     assert "Continuing: max_time_minutes=2 bounds it." in text and "Stopping" not in text, text

@@ -2,13 +2,13 @@
 
 On a GPU a host read (``.item()``, ``.cpu()``, ``.tolist()``, ``bool(tensor)``, a boolean mask) waits for every
 queued kernel, so the loop cannot run ahead of the device. On the CPU the same calls are found by wrapping them
-(lightning_modules/host_reads.py); on CUDA tests/test_cuda.py runs steps under ``torch.cuda.set_sync_debug_mode``.
+(lightning_modules/run/host_reads.py); on CUDA tests/test_cuda.py runs steps under ``torch.cuda.set_sync_debug_mode``.
 """
 import pytest
 
-import lightning_modules.runs as runs
+import lightning_modules.run.runs as runs
 import train
-from lightning_modules.host_reads import HostReads, StepTracker, logging_step
+from lightning_modules.run.host_reads import HostReads, StepTracker, logging_step
 from training_utils import TINY
 
 EVERY = 3  # logger.log_every_n_steps: steps 2 and 5 log, the others may not read
@@ -56,7 +56,7 @@ def train_counting_reads(config, overrides, tmp_path, cifar10_tar, cache_dir, mo
 
 def reads_outside_logging(reads: HostReads, exempt: set[str] = CPU_SIDE_BY_DESIGN) -> dict:
     """The reads filed under a training step that is neither a logging step nor an epoch's first step's finite
-    check (the saved weights' first loss is checked at once, lightning_modules/last_good.py)."""
+    check (the saved weights' first loss is checked at once, lightning_modules/run/last_good.py)."""
     bad = {}
     for read in reads.reads:
         if read.step < 0 or logging_step(read.step, EVERY) or read.package in exempt:

@@ -4,7 +4,7 @@ import torch
 
 import train
 from lightning_modules.base import NonFiniteLossError
-from lightning_modules.last_good import DIVERGED_NAME, weights_are_finite
+from lightning_modules.run.last_good import DIVERGED_NAME, weights_are_finite
 from lightning_modules.simclr import SimCLR
 from tiny_data import run_dirs, tiny_tree, train_args
 

@@ -11,7 +11,7 @@ from pytorch_lightning.strategies.launchers.subprocess_script import _Subprocess
 
 from configs.loader import load_config
 from lightning_modules.registry import method_schemas
-from lightning_modules.runs import build_trainer
+from lightning_modules.run.runs import build_trainer
 from training_utils import TINY, metrics
 
 # Multi-process tests share one xdist worker (`--dist loadgroup`): never two process groups at once on 2 cores.
@@ -90,7 +90,7 @@ def test_two_process_ddp_fit_through_train_py(tmp_path, cifar10_tar, cache_dir):
 
 
 def test_only_a_launched_nonzero_rank_joins_the_advertised_run_directory(tmp_path, clean_env, monkeypatch):
-    from lightning_modules.runs import RUN_DIR_ENV, prepare_run_dir
+    from lightning_modules.run.runs import RUN_DIR_ENV, prepare_run_dir
 
     cfg = load_config(None, [f"run_dir={tmp_path / 'runs'}"], method_schemas())
     advertised = tmp_path / "runs" / "earlier" / "20260101-000000"

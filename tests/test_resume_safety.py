@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import train
-from lightning_modules.cli_errors import run_cli
+from lightning_modules.run.cli_errors import run_cli
 from lightning_modules.simclr import SimCLR
 from tiny_data import run_dirs, tiny_tree, train_args
 

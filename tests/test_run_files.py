@@ -11,7 +11,7 @@ from tiny_data import tiny_tree, train_args
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = """
 import train
-from lightning_modules.cli_errors import run_cli
+from lightning_modules.run.cli_errors import run_cli
 args = {args!r}
 assert run_cli(train.main, args) == 0
 assert run_cli(train.main, args + ["resume=auto", "trainer.max_epochs=2"]) == 0

@@ -133,7 +133,7 @@ def test_wandb_without_login_or_network_falls_back_to_offline_without_waiting(tm
                                                                                monkeypatch):
     """README: with no W&B login or no network, the default logger logs offline and never waits. No WANDB_MODE, no API
     key, a HOME without a .netrc, and a W&B server that is a closed local port: anything online would fail or wait."""
-    from lightning_modules import loggers
+    from lightning_modules.run import loggers
     from wandb_records import wait_for_history
 
     home = tmp_path / "home"

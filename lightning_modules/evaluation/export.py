@@ -14,7 +14,7 @@ from typing import Any
 
 from safetensors.torch import save
 
-from lightning_modules.atomic_save import atomic_write_bytes
+from lightning_modules.run.atomic_save import atomic_write_bytes
 from lightning_modules.backbone import backbone_state_for_timm
 from lightning_modules.evaluation.checkpoints import EXPORT_METADATA_KEY, EvalSource, build_eval_backbone, sidecar_path
 

@@ -196,7 +196,7 @@ def log_to_wandb(report: dict, logger_cfg: Any, out_dir: str | Path) -> None:
     except ImportError:
         log.warning("wandb is not installed; the report is only on disk (pip install wandb to log it)")
         return
-    from lightning_modules.loggers import keep_wandb_files_in, wandb_mode
+    from lightning_modules.run.loggers import keep_wandb_files_in, wandb_mode
 
     keep_wandb_files_in(Path(out_dir))
     run = wandb.init(

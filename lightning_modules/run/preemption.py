@@ -136,7 +136,7 @@ def set_rng_states(states: dict) -> None:
 
 def requeue_slurm_job() -> str | None:
     """``scontrol requeue <job>`` (rank 0, once); the requeued job resumes the run (the sbatch uses resume=auto)."""
-    from lightning_modules.resume import slurm_job_id
+    from lightning_modules.run.resume import slurm_job_id
 
     job = slurm_job_id()
     if not job:

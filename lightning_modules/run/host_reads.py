@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 import torch
 
 READS = ("item", "cpu", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__")
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,11 @@ import os
 import sys
 from pathlib import Path
 
-from lightning_modules.atomic_save import CheckpointSaveError
-from lightning_modules.cpu_run import SlowCpuRun
-from lightning_modules.loggers import finish_loggers
-from lightning_modules.preemption import PREEMPTED_STATUS, PreemptionSave, is_preemption
-from lightning_modules.resume import run_checkpoints
+from lightning_modules.run.atomic_save import CheckpointSaveError
+from lightning_modules.run.cpu_run import SlowCpuRun
+from lightning_modules.run.loggers import finish_loggers
+from lightning_modules.run.preemption import PREEMPTED_STATUS, PreemptionSave, is_preemption
+from lightning_modules.run.resume import run_checkpoints
 
 SLOW_CPU_STATUS = 3
 SAVE_FAILED_STATUS = 1

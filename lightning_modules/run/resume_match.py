@@ -3,7 +3,7 @@ method, backbone or head shape is refused before anything is written, naming bot
 run from its weights instead."""
 from __future__ import annotations
 
-from lightning_modules.resume import CONFIG_FILE, ResumeError, ResumePoint
+from lightning_modules.run.resume import CONFIG_FILE, ResumeError, ResumePoint
 
 
 def _describe(cfg: dict) -> str:

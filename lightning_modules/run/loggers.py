@@ -9,8 +9,8 @@ from pathlib import Path
 
 from pytorch_lightning.loggers import Logger
 
-from lightning_modules.csv_history import HistoryCSVLogger
-from lightning_modules.resume import read_run_record
+from lightning_modules.run.csv_history import HistoryCSVLogger
+from lightning_modules.run.resume import read_run_record
 
 log = logging.getLogger(__name__)
 WANDB_HOST = "api.wandb.ai"

@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.accelerators import CPUAccelerator, CUDAAccelerator, MPSAccelerator
 
 from datamodules.datamodule import available_cores
-from lightning_modules.run_clock import BatchRate, batches_done, in_words, run_batches
+from lightning_modules.run.run_clock import BatchRate, batches_done, in_words, run_batches
 
 log = logging.getLogger(__name__)
 

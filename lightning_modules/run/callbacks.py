@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torchvision.utils import make_grid, save_image
 
-from lightning_modules.host_reads import logging_step
+from lightning_modules.run.host_reads import logging_step
 
 
 class Throughput(pl.Callback):

@@ -13,15 +13,15 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from configs.loader import ConfigError, to_plain, to_yaml
-from lightning_modules.atomic_save import AtomicCheckpointIO
-from lightning_modules.callbacks import Throughput, ViewGrid
-from lightning_modules.cpu_run import CpuCostNotice, fit_precision_to_cpu
-from lightning_modules.feature_diagnostics import FeatureDiagnostics
-from lightning_modules.last_good import LastCheckpoint
-from lightning_modules.loggers import build_loggers
-from lightning_modules.resume import CHECKPOINTS, CONFIG_FILE, ResumePoint, ensure_run_record
-from lightning_modules.preemption import PreemptionSave, slurm_plugins
-from lightning_modules.run_progress import RunProgressBar
+from lightning_modules.run.atomic_save import AtomicCheckpointIO
+from lightning_modules.run.callbacks import Throughput, ViewGrid
+from lightning_modules.run.cpu_run import CpuCostNotice, fit_precision_to_cpu
+from lightning_modules.run.feature_diagnostics import FeatureDiagnostics
+from lightning_modules.run.last_good import LastCheckpoint
+from lightning_modules.run.loggers import build_loggers
+from lightning_modules.run.resume import CHECKPOINTS, CONFIG_FILE, ResumePoint, ensure_run_record
+from lightning_modules.run.preemption import PreemptionSave, slurm_plugins
+from lightning_modules.run.run_progress import RunProgressBar
 
 log = logging.getLogger(__name__)
 

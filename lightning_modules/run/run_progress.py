@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pytorch_lightning.callbacks import RichProgressBar
 
-from lightning_modules.host_reads import logging_step
-from lightning_modules.run_clock import BatchRate, batches_done, clock, run_batches
+from lightning_modules.run.host_reads import logging_step
+from lightning_modules.run.run_clock import BatchRate, batches_done, clock, run_batches
 
 
 def run_summary(trainer, rate: BatchRate, batch_idx: int | None) -> dict[str, str]:
