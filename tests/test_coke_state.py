@@ -248,16 +248,26 @@ def test_stage2_full_slots_replace_the_least_frequent():
     assert torch.allclose(probs[0], torch.softmax(torch.tensor([2.0, 1.0]) / 4 / 0.5, dim=0))
 
 
-def test_dashboard_numbers():
+def test_dashboard_numbers(rng):
+    """The epoch summary against the state it summarises: duals' per-head min/mean/max, sizes from the labels,
+    the share of labels that changed from the previous epoch, and clusters under the bound."""
     state = CokeState(40, [4, 6], 8, kernel="torch")
-    data = F.normalize(torch.randn(40, 8), dim=1)
+    data = F.normalize(torch.randn(40, 8, generator=rng), dim=1)
     before = state.checksum()
-    for _ in range(2):
-        state.step(data, torch.arange(40))
-        summary = state.end_epoch()
+    state.step(data, torch.arange(40))
+    first = state.label_memory.clone()
+    state.end_epoch()
+    state.step(data.flip(1), torch.arange(40))  # other features: some labels change
+    labels = state.label_memory.clone()
+    summary = state.end_epoch()
     assert not torch.equal(before, state.checksum())
-    assert summary["under_bound"].shape == (2,) and ((summary["under_bound"] >= 0) & (summary["under_bound"] <= 1)).all()
-    assert summary["duals"].shape == (2, 3) and (summary["duals"] >= 0).all()
-    assert (summary["duals"][:, 0] <= summary["duals"][:, 2]).all()
-    assert summary["changed"].shape == (2,) and ((summary["changed"] >= 0) & (summary["changed"] <= 1)).all()
-    assert [int(s) for s in summary["max_size"]] and all(int(s) <= 40 for s in summary["max_size"])
+    for head, (lo, hi) in enumerate(zip(state.offsets[:-1], state.offsets[1:])):
+        duals = state.duals[lo:hi]
+        assert torch.allclose(summary["duals"][head], torch.stack([duals.min(), duals.mean(), duals.max()]))
+        sizes = torch.bincount(labels[:, head], minlength=hi - lo)
+        assert int(summary["min_size"][head]) == int(sizes.min()) and int(summary["max_size"][head]) == int(sizes.max())
+        changed = (labels[:, head] != first[:, head]).float().mean()
+        assert torch.isclose(summary["changed"][head], changed)
+        bound = state.ratio * 40 / (hi - lo)
+        assert torch.isclose(summary["under_bound"][head], (sizes.float() < bound).float().mean())
+    assert (summary["changed"] > 0).any()
