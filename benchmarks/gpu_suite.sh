@@ -7,16 +7,10 @@
 #                                            deadline, the whole run within SUITE_SECONDS
 #   bash benchmarks/gpu_suite.sh --dry-run   on the CPU: every stage at tiny sizes (argument names, imports, output
 #                                            files), skipping only what needs CUDA
-#   bash benchmarks/gpu_suite.sh --race [--dry-run]
-#                                            the GPU race instead (issue 33): benchmarks/budget.py trains RACE_ROWS
-#                                            for RACE_MINUTES each at equal GPU time on full CIFAR-10 (ResNet-18, CIFAR
-#                                            stem, batch 512), scores them with evaluate.py (kNN-200 with the full train
-#                                            bank, linear) against random init, and brings back each row's CSV log
-#                                            (CoKe's clustering dashboard) and the budget plot. One budget per device
-#                                            call: RACE_MINUTES=2, then 5, then 8 in later calls (fewer rows at 5 and 8)
+#   bash benchmarks/gpu_race.sh [--dry-run]  the GPU race (issue 33), a sibling with the same contract
 #
-# Stages: CUDA tests (pytest -m cuda), P1 assign.py, P3 step.py (eager, then model.compile=true), profile_loop.py (the real loop of one-view CoKe and
-# SimCLR under torch.profiler), augment.py, P2 time_to_accuracy.py (CoKe, SimCLR).
+# Stages: CUDA tests (pytest -m cuda), P1 assign.py, P3 step.py (eager, then model.compile=true), profile_loop.py
+# (the real loop of one-view CoKe and SimCLR under torch.profiler), augment.py, P2 time_to_accuracy.py (CoKe, SimCLR).
 # A failed stage is recorded and the next one runs. Output under $OUT (./gpu-results/ when $OUT is unset): summary.md
 # and logs.tar.gz (one raw log per stage), two files of the 8 a device call brings back; the summary is printed last.
 set -euo pipefail
@@ -29,9 +23,6 @@ P2_OVERHEAD=50          # seconds a P2 run spends outside training: start-up, kN
 SUITE_SECONDS=530       # the whole GPU run, install included; the device call allows 600
 DRY_STAGE_SECONDS=1200  # dry run: a stage's deadline, only to stop a hang: 15-40 CPU s each, so >= 30x slack
 DRY_SUITE_SECONDS=2700  # dry run: the whole run's deadline (about 3 CPU min in all; 15x slack for a loaded machine)
-RACE_MINUTES=${RACE_MINUTES:-2.0}   # --race: each row's training minutes
-RACE_ROWS=${RACE_ROWS:-coke,simclr} # --race: budget.py rows (coke is coke_cifar10.yaml); --variant rows via RACE_VARIANTS
-RACE_VARIANTS=${RACE_VARIANTS:-}    # --race: e.g. "coke-term=coke_cifar10:method.instance_term.weight=10"
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO=$PWD
@@ -69,11 +60,9 @@ prepare() {
         printf "size: carried %.1f MiB + working tree %.1f MiB", c / m, t / m
         printf " = %.1f MiB (limit 64 MiB)\n", (c + t) / m }'
     ((carried + tree < CARRY_LIMIT)) || die "over the 64 MiB the device call carries"
-    echo
-    echo "device call (tool device, verb run):"
+    echo -e "\ndevice call (tool device, verb run; the race: benchmarks/gpu_race.sh for the command):"
     echo '  {"command": "bash benchmarks/gpu_suite.sh", "carry": [".gpu"], "timeout_s": 600}'
 }
-
 # ---- --install: one stage of the suite (its own process, so it runs under `timeout`) --------------------------------
 install_and_check() {
     if [[ $SUITE_MODE == gpu ]]; then
@@ -110,7 +99,6 @@ for split in ("train", "test"):  # decoded once here, read from the cache by eve
     print(f"CIFAR-10 {split} {shape}: decoded or read from {cfg.cache_dir} in {time.perf_counter() - start:.1f} s")
 EOF
 }
-
 # ---- the stages ------------------------------------------------------------------------------------------------------
 now() { date +%s; }
 seconds_left() { echo $((END - $(now))); }
@@ -209,30 +197,6 @@ run_stages() {
     p2_stage p2-coke "$COKE_CONFIG" 2
     p2_stage p2-simclr "$SIMCLR_CONFIG" 1
 }
-
-race_stages() {
-    stage install "$([[ $SUITE_MODE == gpu ]] && echo 150 || echo "$DRY_STAGE_SECONDS")" bash "$SELF" --install
-    local variants=()
-    [[ -n $RACE_VARIANTS ]] && variants=(--variant $RACE_VARIANTS)
-    if [[ $SUITE_MODE == gpu ]]; then
-        stage race $(($(seconds_left) - 20)) "$PY" benchmarks/budget.py --device cuda --minutes "$RACE_MINUTES" \
-            --rows "$RACE_ROWS" "${variants[@]}" --backbone resnet18 --cifar-stem --batch-size 512 --csv \
-            --out "$OUT_DIR/race"
-    else
-        stage race "$DRY_STAGE_SECONDS" "$PY" benchmarks/budget.py --device cpu --minutes 0.02 --rows "$RACE_ROWS" \
-            "${variants[@]}" --backbone test_resnet --batch-size 32 --subset 50 --csv --out "$OUT_DIR/race" \
-            --threads 1 --set data.eval_subset=5 --eval-set data.subset=10 data.eval_subset=5 linear.epochs=2
-    fi
-    local csv row
-    for csv in "$OUT_DIR"/race/*/csv/metrics.csv; do  # one file per row, beside the logs (they travel in the tar)
-        [[ -f $csv ]] || continue
-        row=$(basename "$(dirname "$(dirname "$csv")")")
-        cp "$csv" "$OUT_DIR/$row.csv"
-    done
-    [[ -f $OUT_DIR/race/budget.png ]] && cp "$OUT_DIR/race/budget.png" "$OUT_DIR/race.png"
-    rm -rf "$OUT_DIR/race"
-}
-
 # ---- the summary -----------------------------------------------------------------------------------------------------
 # excerpt NAME: the result lines of a stage's log (its tables), or the end of the log when the stage did not pass
 excerpt() {
@@ -311,7 +275,7 @@ run_suite() {
     trap 'rm -f "$TIMES_FILE"' EXIT
     START=$(now)
     END=$((START + SUITE_SECONDS))
-    if [[ ${RACE:-} == 1 ]]; then race_stages; else run_stages; fi
+    "${STAGES:-run_stages}"  # benchmarks/gpu_race.sh runs its own
     write_summary
     (cd "$OUT_DIR" && tar -czf logs.tar.gz ./*.log $(ls ./*.csv 2>/dev/null) && rm -f ./*.log ./*.csv)  # few files
     echo
@@ -323,17 +287,14 @@ run_suite() {
 }
 
 main() {
-    if [[ ${1:-} == --race ]]; then
-        RACE=1
-        shift
-    fi
     case "${1:-}" in
         --prepare) prepare ;;
         --install) PY=${PY:-python3} SUITE_MODE=${SUITE_MODE:-gpu} install_and_check ;;
         --dry-run) SUITE_MODE=dry run_suite ;;
         "") SUITE_MODE=gpu run_suite ;;
-        *) die "unknown argument $1; use --prepare, --dry-run or nothing (the GPU run), after --race for the race" ;;
+        *) die "unknown argument $1; use --prepare, --dry-run or nothing (the GPU run)" ;;
     esac
 }
 
-main "$@"; exit  # one line: bash has read all of it before it runs, so editing this file mid-run is harmless
+# One line, so bash has read all of it before it runs; sourced (gpu_race.sh), it only defines the functions.
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then main "$@"; exit; fi
