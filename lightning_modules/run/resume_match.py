@@ -37,17 +37,28 @@ def check_same_model(point: ResumePoint, cfg: dict, config: str) -> None:
         raise _refusal(point, cfg, config)
 
 
+def upgraded_shapes(shapes: dict, model) -> dict:
+    """The checkpoint's keys as the model will load them: its modules' load pre-hooks (e.g. CoKe's stage-2 buffers,
+    which moved under ``clustering.stage2``) rename old keys before ``load_state_dict`` compares them."""
+    state = dict(shapes)
+    for name, module in model.named_modules():
+        for hook in module._load_state_dict_pre_hooks.values():  # torch keeps no public list of them
+            hook(state, f"{name}." if name else "", {}, True, [], [], [])
+    return state
+
+
 def check_fits(point: ResumePoint, model, cfg: dict, config: str) -> None:
     """Once the model is built (before the run directory): every tensor of the checkpoint fits the model."""
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(set(ours) - set(point.shapes))
-    extra = sorted(set(point.shapes) - set(ours))
-    resized = sorted(k for k in set(ours) & set(point.shapes) if ours[k] != point.shapes[k])
+    theirs = upgraded_shapes(point.shapes, model)
+    missing = sorted(set(ours) - set(theirs))
+    extra = sorted(set(theirs) - set(ours))
+    resized = sorted(k for k in set(ours) & set(theirs) if ours[k] != theirs[k])
     if not (missing or extra or resized):
         return
     parts = [f"{len(missing)} tensor(s) it lacks, e.g. {missing[0]}" if missing else "",
              f"{len(extra)} tensor(s) the model has no place for, e.g. {extra[0]}" if extra else "",
-             f"{len(resized)} of another shape, e.g. {resized[0]} {tuple(point.shapes[resized[0]])} against "
+             f"{len(resized)} of another shape, e.g. {resized[0]} {tuple(theirs[resized[0]])} against "
              f"{ours[resized[0]]}" if resized else ""]
     detail = "; ".join(p for p in parts if p)
     raise _refusal(point, cfg, config, f" and the checkpoint does not fit its model ({detail})")
