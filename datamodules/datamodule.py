@@ -44,6 +44,7 @@ class PretrainDataModule(pl.LightningDataModule):
         super().__init__()
         self.cfg, self.augment_cfg = data_cfg, augment_cfg
         self.train_set = self.val_set = self.test_set = self.labelled_sets = None
+        self._device_loaders: dict[tuple, DeviceBatches] = {}
         self._told_worker_cap = False
         self.augment = ViewAugmenter(augment_cfg)
         self.eval_transform = EvalTransform(augment_cfg)
@@ -129,9 +130,13 @@ class PretrainDataModule(pl.LightningDataModule):
         device = self.device_resident(dataset)
         if device is None:
             return self._loader(dataset, batch_size, train)
-        trainer = self.trainer
-        return DeviceBatches(dataset, batch_size, device, shuffle=train, seed=self.cfg.seed,
-                             rank=trainer.global_rank, world_size=trainer.world_size)
+        # Lightning asks for a loader more than once (to count the steps, then to train): one device copy serves all.
+        key = (id(dataset), batch_size, train, str(device))
+        if key not in self._device_loaders:
+            trainer = self.trainer
+            self._device_loaders[key] = DeviceBatches(dataset, batch_size, device, shuffle=train, seed=self.cfg.seed,
+                                                      rank=trainer.global_rank, world_size=trainer.world_size)
+        return self._device_loaders[key]
 
     def train_dataloader(self):
         return self._batches(self.train_set, self.cfg.batch_size, train=True)

@@ -90,6 +90,7 @@ def test_training_uses_the_device_path_by_default(tmp_path, cifar10_tar, cache_d
     dm.setup("fit")
     dm.trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False)
     assert isinstance(dm.train_dataloader(), DeviceBatches)
+    assert dm.train_dataloader() is dm.train_dataloader()  # asked twice (step count, training): one device copy
     assert isinstance(dm.val_dataloader(), DeviceBatches)
     cfg.data.loader = "workers"
     assert isinstance(dm.train_dataloader(), DataLoader)
