@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 
 import lightning_modules.run.runs as runs  # noqa: E402
 import train  # noqa: E402
+from benchmarks.step import elapsed_ms, mark  # noqa: E402
 from configs.schema import default_data_root  # noqa: E402
 from lightning_modules.run.host_reads import CudaSyncs, HostReads  # noqa: E402
 
@@ -66,13 +67,6 @@ class Window(pl.Callback):
         self.wall = 0.0
         self.images = 0
 
-    def _now(self):
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            return event
-        return time.perf_counter()
-
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == self.warmup:
             if self.cuda:
@@ -85,12 +79,12 @@ class Window(pl.Callback):
             self.syncs.__enter__()
             self.wall = time.perf_counter()
         if self.profiler is not None:
-            self._start = self._now()
+            self._start = mark(self.cuda)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.profiler is None:
             return
-        self.step_marks.append((self._start, self._now()))
+        self.step_marks.append((self._start, mark(self.cuda)))
         self.images += batch["image"].shape[0]
         if trainer.global_step == self.warmup + self.steps:  # the last profiled step has been taken
             self.syncs.__exit__(None, None, None)
@@ -103,10 +97,7 @@ class Window(pl.Callback):
             trainer.should_stop = True
 
     def step_ms(self) -> list[float]:
-        if self.cuda:
-            torch.cuda.synchronize()
-            return [a.elapsed_time(b) for a, b in self.step_marks]
-        return [(b - a) * 1e3 for a, b in self.step_marks]
+        return elapsed_ms(self.step_marks, self.cuda)
 
 
 def action_rows(profile, steps: int, top: int = 14) -> list[tuple[str, float]]:

@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torchvision.utils import make_grid, save_image
 
-from lightning_modules.run.host_reads import logging_step
+from lightning_modules.run.host_reads import took_logging_step
 
 
 class Throughput(pl.Callback):
@@ -23,7 +23,7 @@ class Throughput(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self._images += batch["image"].shape[0] * trainer.world_size
-        if logging_step(trainer.global_step - 1, trainer.log_every_n_steps):  # the only steps that may wait
+        if took_logging_step(trainer):  # the only steps that may wait
             self._log(pl_module)
 
     def on_train_epoch_end(self, trainer, pl_module):
@@ -55,7 +55,7 @@ class ViewGrid(pl.Callback):
             for v in batch["views"]
         ]
         tiles = torch.stack(views, dim=1).flatten(0, 1)  # sample-major: one row per sample
-        self._tiles = (tiles.detach().clone(), len(views))  # drawn at the epoch's end: no host read inside a step
+        self._tiles = (tiles.detach(), len(views))  # drawn at the epoch's end: no host read inside a step
 
     def on_train_epoch_end(self, trainer, pl_module):
         if self._tiles is None:

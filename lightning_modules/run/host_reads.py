@@ -141,3 +141,8 @@ class StepTracker(pl.Callback):
 def logging_step(step: int, every: int) -> bool:
     """The steps on which Lightning writes step metrics to the loggers (``log_every_n_steps``)."""
     return (step + 1) % max(1, every) == 0
+
+
+def took_logging_step(trainer) -> bool:
+    """In ``on_train_batch_end``: whether the step just taken was one of :func:`logging_step`'s."""
+    return logging_step(trainer.global_step - 1, trainer.log_every_n_steps)

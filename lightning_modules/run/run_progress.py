@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pytorch_lightning.callbacks import RichProgressBar
 
-from lightning_modules.run.host_reads import logging_step
+from lightning_modules.run.host_reads import took_logging_step
 from lightning_modules.run.run_clock import BatchRate, batches_done, clock, run_batches
 
 
@@ -45,7 +45,7 @@ class RunProgressBar(RichProgressBar):
         images = batch["image"].shape[0] if isinstance(batch, dict) and "image" in batch else 0
         self.rate.batch_done(images * trainer.world_size)
         self._last_batch_idx = batch_idx
-        if logging_step(trainer.global_step - 1, trainer.log_every_n_steps) and "train/loss" in trainer.logged_metrics:
+        if took_logging_step(trainer) and "train/loss" in trainer.logged_metrics:
             # read on a logging step only: a tensor logged with prog_bar would be read on the host every step
             self.loss = float(trainer.logged_metrics["train/loss"])
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
