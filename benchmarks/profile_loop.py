@@ -9,8 +9,8 @@ training_step, backward, optimizer step, callbacks) is a ``record_function`` ran
 one's host milliseconds per step. On CUDA it also gives the GPU busy fraction (kernel time over the window's
 wall time), the longest gaps between kernels, and every device-to-host synchronisation with its source line
 (``torch.cuda.set_sync_debug_mode``); on the CPU the host reads are found by wrapping the tensor methods
-(lightning_modules/run/host_reads.py). ``loop / step`` is the loop's images/s over the step's alone (on_train_batch_start
-to on_train_batch_end, CUDA events), the ratio issue 32 asks to be >= 0.9.
+(lightning_modules/run/host_reads.py). ``loop / step`` is the loop's images/s over the step's alone
+(on_train_batch_start to on_train_batch_end, CUDA events), the ratio issue 32 asks to be >= 0.9.
 """
 from __future__ import annotations
 
@@ -160,8 +160,8 @@ def profile_config(config: str, args) -> str:
         lines.append(f"| longest gaps between kernels (ms) | {', '.join(f'{g:.2f}' for g in gaps)} |")
     else:
         lines.append("| GPU busy | - (CPU run) |")
-    lines += ["", "Host time of Lightning's actions; they nest: optimizer_step holds the closure (training_step, backward), "
-              "batch_to_device holds on_after_batch_transfer (the views).", "",
+    lines += ["", "Host time of Lightning's actions; they nest: optimizer_step holds the closure (training_step, "
+              "backward), batch_to_device holds on_after_batch_transfer (the views).", "",
               "| Lightning action | host ms/step |", "|---|---|"]
     lines += [f"| {name} | {ms:.2f} |" for name, ms in action_rows(window.result, args.steps)]
     lines += ["", "| device-to-host sync (source) | in the window | per step |", "|---|---|---|"]

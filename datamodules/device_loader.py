@@ -80,7 +80,8 @@ class DeviceBatches:
                    "coarse": self.tensors["coarse"].index_select(0, idx)}
 
     def state_dict(self) -> dict:
-        return {"epoch": self.order_source.epoch, "batches": self.served, "size": self.size, "seed": self.order_source.seed}
+        source = self.order_source
+        return {"epoch": source.epoch, "batches": self.served, "size": self.size, "seed": source.seed}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("size") == self.size and state.get("seed") == self.order_source.seed:

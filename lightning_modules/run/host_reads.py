@@ -2,12 +2,12 @@
 
 On a GPU every ``.item()``, ``.cpu()``, ``.tolist()``, ``bool(tensor)`` or boolean-mask index waits for the queued
 kernels, so the host cannot run ahead and the GPU idles between steps. ``torch.cuda.set_sync_debug_mode`` finds them
-on CUDA only; :class:`HostReads` finds the same calls on the CPU by wrapping those tensor methods (:class:`CudaSyncs` collects CUDA's own reports the same way), and the
-:class:`StepTracker` callback files each read under the training step it happened in, with its source line.
+on CUDA only; :class:`HostReads` finds the same calls on the CPU by wrapping those tensor methods (:class:`CudaSyncs`
+collects CUDA's own reports the same way), and the :class:`StepTracker` callback files each read under the training
+step it happened in, with its source line.
 """
 from __future__ import annotations
 
-import collections
 import traceback
 import warnings
 from dataclasses import dataclass
@@ -91,11 +91,6 @@ class HostReads:
         for name, original in self._saved.items():
             setattr(torch.Tensor, name, original)
 
-    def by_step(self) -> dict[int, collections.Counter]:
-        table: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
-        for read in self.reads:
-            table[read.step][f"{read.what} at {read.where}"] += 1
-        return dict(table)
 
 
 class CudaSyncs(HostReads):
