@@ -101,7 +101,11 @@ class PretrainModule(pl.LightningModule):
     # ---- training ------------------------------------------------------------------------
     def logging_step(self) -> bool:
         """Whether this step's metrics reach the loggers: the only steps that may read tensors on the host."""
-        return logging_step(self.global_step, self.cfg.logger.log_every_n_steps)
+        return logging_step(self.global_step, self.log_every_n_steps())
+
+    def log_every_n_steps(self) -> int:
+        """The trainer's, which wins over ``logger.log_every_n_steps`` when ``trainer.log_every_n_steps`` is set."""
+        return self._trainer.log_every_n_steps if self._trainer is not None else self.cfg.logger.log_every_n_steps
 
     def log_step(self, name: str, value: torch.Tensor, **kwargs) -> None:
         """``self.log`` on logging steps only: logging a tensor reads it on the host, which waits for the device."""
@@ -216,5 +220,5 @@ class PretrainModule(pl.LightningModule):
         self.print(f"{batch}: {lr}")
 
     def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:
-        if logging_step(self.global_step - 1, self.cfg.logger.log_every_n_steps):  # the step has been taken
+        if logging_step(self.global_step - 1, self.log_every_n_steps()):  # the step has been taken
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])

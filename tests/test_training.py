@@ -158,3 +158,12 @@ def test_wandb_without_login_or_network_falls_back_to_offline_without_waiting(tm
     assert len(history["train/loss"]) == 200 // 64
     assert list(run_dir.glob("wandb/offline-run-*")) and not list(run_dir.glob("wandb/run-*"))
     print(f"offline fallback run: {elapsed:.1f} s")
+
+
+@pytest.mark.parametrize("key", ["logger.log_every_n_steps", "trainer.log_every_n_steps"])
+def test_either_log_every_n_steps_key_logs_the_losses_on_those_steps(key, tmp_path, cifar10_tar, cache_dir):
+    """The method logs its losses on the steps Lightning writes (a step not written would read the host for nothing,
+    a step written without the loss would leave a hole): with either key set to 1, every step has its loss."""
+    run_dir = run(SIMCLR, tmp_path, cifar10_tar, cache_dir, "data.subset=20", "trainer.max_epochs=1", f"{key}=1",
+                  "logger.view_grid_every_n_epochs=0")
+    assert len(metrics(run_dir)["train/loss"]) == 200 // 64
