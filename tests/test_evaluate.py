@@ -131,30 +131,3 @@ def test_checkpoint_settings_are_inherited_and_overridable(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "backbone: resnet10t" in printed and "eval_subset: 7.0" in printed and "\n  subset: 0.0" in printed
 
-
-@pytest.mark.slow
-@pytest.mark.usefixtures("one_thread")  # its margins were audited single-threaded (benchmarks/test_margins.py)
-def test_probe_on_a_briefly_trained_checkpoint_beats_random_init(tmp_path, cifar10_tar, cache_dir):
-    from training_utils import SEED, run
-
-    assert torch.get_num_threads() == 1  # as audited
-    run_dir = run("configs/pretrain/simclr_cifar10.yaml", tmp_path, cifar10_tar, cache_dir, "data.subset=250",
-                  "trainer.max_epochs=8", "trainer.check_val_every_n_epoch=8", "optim.lr=1.0")
-    probe = ["protocol=linear,knn", "levels=fine", "data.subset=200", "data.eval_subset=100", "linear.epochs=30",
-             "linear.lrs=[0.1]", "linear.weight_decays=[0.0]", "knn.ks=[20]", "feature_cache=false"]
-
-    def top1(spec, *extra):
-        report = run_eval(spec, tmp_path, cifar10_tar, cache_dir, *probe, *extra)
-        reports.append(report)
-        return {r["protocol"]: r["value"] for r in report["results"] if r["level"] == "fine" and r["metric"] == "top1"}
-
-    reports = []
-    trained = top1(run_dir / "checkpoints" / "last.ckpt")
-    assert reports[0]["checkpoint"]["epochs"] == 8 and reports[0]["checkpoint"]["planned_epochs"] == 8
-    random_init = top1("random", "model.backbone=test_resnet", "model.cifar_stem=false", f"seed={SEED}")
-    print(f"MEASURED simclr_eval_linear_gain={trained['offline-linear'] - random_init['offline-linear']:.4f} "
-          f"simclr_eval_knn_gain={trained['knn'] - random_init['knn']:.4f}")
-    # COKE_TEST_SEED 0-4 (RESULTS.md): gains of +2.2 to +8.1 points (linear) and +2.1 to +6.9 (kNN) on 1,000 test
-    # images; the threshold sits 1.6 points under the worst seed.
-    assert trained["offline-linear"] > random_init["offline-linear"] + 0.005, (trained, random_init)
-    assert trained["knn"] > random_init["knn"] + 0.005, (trained, random_init)
