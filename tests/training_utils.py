@@ -49,7 +49,7 @@ def majority_share(run_dir: Path, level: str = "coarse") -> float:
 
 def make_trainer(max_epochs: int, *callbacks: pl.Callback, **kwargs) -> pl.Trainer:
     """A bare CPU Trainer for fitting a module directly: no logger, checkpoints, bar, summary or sanity check."""
-    kwargs = {"check_val_every_n_epoch": max_epochs, **kwargs}
+    kwargs = {"check_val_every_n_epoch": max_epochs, "log_every_n_steps": 1, **kwargs}  # the methods log on its steps
     return pl.Trainer(
         accelerator="cpu", max_epochs=max_epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, callbacks=list(callbacks), **kwargs,
