@@ -19,7 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from configs.schema import MethodConfig
 from lightning_modules.backbone import build_backbone
 from lightning_modules.heads import mlp
-from lightning_modules.run.host_reads import logging_step
+from lightning_modules.run.host_reads import logging_step, took_logging_step
 from lightning_modules.optim import build_optimizer, constant_lr, param_groups, scaled_lr, warmup_cosine
 
 
@@ -220,5 +220,5 @@ class PretrainModule(pl.LightningModule):
         self.print(f"{batch}: {lr}")
 
     def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:
-        if logging_step(self.global_step - 1, self.log_every_n_steps()):  # the step has been taken
+        if took_logging_step(self.trainer):
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])

@@ -13,13 +13,12 @@ import pytest
 import torch
 
 from test_evaluate import run_eval
-from training_utils import SEED, run
+from training_utils import LR0_CONTROL, SEED, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 EPOCHS = 16
 BUDGET = ("data.subset=250", f"trainer.max_epochs={EPOCHS}", f"trainer.check_val_every_n_epoch={EPOCHS}")
-CONTROL = ("optim.lr=0.0", "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=2")
 PROBE = ("protocol=linear,knn", "levels=fine", "data.subset=500", "data.eval_subset=300", "linear.epochs=30",
          "linear.lrs=[0.1]", "linear.weight_decays=[0.0]", "knn.ks=[20]", "feature_cache=false")
 METHODS = {
@@ -44,6 +43,7 @@ THRESHOLDS = {
     "deepclusterv2": {"lr0": (0.0, 0.0), "random": (1.0, 1.5)},  # +1.0 / +1.3, +2.6 / +2.8
 }
 
+
 def frozen_top1(spec, out, cifar10_tar, cache_dir, *extra: str) -> dict[str, float]:
     report = run_eval(spec, out, cifar10_tar, cache_dir, *PROBE, *extra)
     if spec != "random":
@@ -56,7 +56,7 @@ def test_brief_fit_beats_random_init_and_the_same_run_at_lr_0(method, tmp_path, 
     assert torch.get_num_threads() == 1  # as audited
     config, *overrides = METHODS[method]
     scores = {}
-    for name, extra in (("trained", ()), ("lr0", CONTROL)):
+    for name, extra in (("trained", ()), ("lr0", LR0_CONTROL)):
         run_dir = run(config, tmp_path / name, cifar10_tar, cache_dir, *BUDGET, *overrides, *extra)
         scores[name] = frozen_top1(run_dir / "checkpoints" / "last.ckpt", tmp_path / name, cifar10_tar, cache_dir)
     scores["random"] = frozen_top1("random", tmp_path / "random", cifar10_tar, cache_dir, "model.backbone=test_resnet",

@@ -11,7 +11,7 @@ import evaluate
 from configs.loader import load_config, to_plain
 from lightning_modules.registry import method_schemas
 from test_coke_module import ONE_VIEW, clustering_state, last_checkpoint
-from training_utils import SEED, load_benchmark, metrics, run
+from training_utils import LR0_CONTROL, SEED, load_benchmark, metrics, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -126,10 +126,8 @@ def test_quick_setting_beats_a_random_init_backbone_on_frozen_knn(tmp_path, cifa
     trained = frozen_knn_fine(run_dir / "checkpoints" / "last.ckpt", tmp_path / "eval-trained", cifar10_tar, cache_dir)
     random_init = frozen_knn_fine("random", tmp_path / "eval-random", cifar10_tar, cache_dir,
                                   "model.backbone=test_resnet", "model.cifar_stem=false", f"seed={SEED}")
-    # The control: the same run at lr 0 for 2 epochs, random weights with BatchNorm statistics adapted to the images
-    # (test_baseline_learning.py explains it).
     control_dir = run(ONE_VIEW, tmp_path / "control", cifar10_tar, cache_dir, *QUICK_DEPARTURES, *TRAIN_BUDGET,
-                      "optim.lr=0.0", "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=2")
+                      *LR0_CONTROL)
     control = frozen_knn_fine(control_dir / "checkpoints" / "last.ckpt", tmp_path / "eval-control", cifar10_tar, cache_dir)
     print(f"MEASURED coke_quick_knn_gain_over_random={trained - random_init:.4f} "
           f"coke_quick_knn_gain_over_lr0={trained - control:.4f}")

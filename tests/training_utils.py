@@ -17,6 +17,10 @@ TINY = [
     "optim.name=sgd", "optim.warmup_epochs=0",
     "allow_slow_cpu=true",  # a loaded machine must not stop a test run on its CPU-time estimate
 ]
+# The same run at lr 0, the reference a learning test must beat besides random init: its weights stay at random init
+# but its BatchNorm statistics adapt to the images, which alone beats random init. They settle within an epoch
+# (momentum 0.1), so 2 epochs do.
+LR0_CONTROL = ("optim.lr=0.0", "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=2")
 # The seed of every test run. Learning thresholds were set from the worst of >= 5 seeds
 # (benchmarks/test_margins.py runs the threshold tests under COKE_TEST_SEED=0..4).
 SEED = int(os.environ.get("COKE_TEST_SEED", "0"))
