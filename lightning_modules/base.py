@@ -21,6 +21,7 @@ from lightning_modules.backbone import build_backbone
 from lightning_modules.heads import mlp
 from lightning_modules.run.host_reads import logging_step, took_logging_step
 from lightning_modules.optim import build_optimizer, constant_lr, param_groups, scaled_lr, warmup_cosine
+from ops.precision import upcast
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -30,6 +31,9 @@ class NonFiniteLossError(FloatingPointError):
 class PretrainModule(pl.LightningModule):
     Config = MethodConfig  # each method declares its own hyper-parameter dataclass
     zero_lr_epochs = 0  # epochs at lr 0 before training (CoKe's clustering initialisation)
+    # Images in one epoch of the lr-0 phase and of the warm-up (zero_lr_epochs, optim.warmup_epochs); 0: the run's
+    # own epoch. SeCu counts both in epochs of its official data set, whatever the subset or batch.
+    schedule_epoch_images = 0
 
     def __init__(self, cfg: dict, data_info: dict):
         super().__init__()
@@ -91,7 +95,7 @@ class PretrainModule(pl.LightningModule):
         precision's forward context."""
         trainer = self.trainer
         for batch in trainer.train_dataloader:
-            batch = trainer.strategy.batch_to_device(batch)
+            batch = trainer.strategy.batch_to_device(trainer.precision_plugin.convert_input(batch))  # as the fit loop
             with torch.no_grad(), trainer.precision_plugin.forward_context():
                 yield batch
 
@@ -115,7 +119,7 @@ class PretrainModule(pl.LightningModule):
     def online_probe_loss(self, feats: torch.Tensor, batch: dict) -> torch.Tensor:
         """Linear probes on detached features: they learn, the backbone gets no gradient from them. Unknown labels
         (-1) are ignored without a boolean mask, whose data-dependent size would be read on the host."""
-        feats = feats.detach().float()
+        feats = upcast(feats.detach())
         total = feats.new_zeros(())
         for level, probe in self.probes.items():
             labels = batch[level]
@@ -195,6 +199,8 @@ class PretrainModule(pl.LightningModule):
         optimizer = build_optimizer(optim_cfg, groups, lr, on_cuda=self.device.type == "cuda")
         total = int(self.trainer.estimated_stepping_batches)
         steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        if self.schedule_epoch_images:
+            steps_per_epoch = max(1, self.schedule_epoch_images // global_batch)  # an epoch of that many images
         schedule = partial(
             warmup_cosine, total_steps=total, warmup_steps=int(optim_cfg.warmup_epochs * steps_per_epoch),
             zero_steps=self.zero_lr_epochs * steps_per_epoch, min_ratio=optim_cfg.min_lr_ratio,

@@ -1,4 +1,4 @@
-"""Constrained assignment for CoKe (design §5 steps 2-3, §6): y_i = argmax_k (x_i . c_k + rho_k) per head.
+"""Constrained assignment for CoKe (docs/algorithm.md §1.1): y_i = argmax_k (x_i . c_k + rho_k) per head.
 
 All heads are stacked: `centers` is (sum K, D), `duals` is (sum K,), and `head_offsets` is
 [0, K1, K1+K2, ...]. Labels come back as GLOBAL indices into the stack; `to_local_labels`
@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
+from ops.precision import compute_dtype
 
 KERNELS = ("auto", "torch", "triton")
 
@@ -53,7 +55,7 @@ def label_histogram(labels: torch.Tensor, num_clusters: int) -> torch.Tensor:
 def _best_in_segment(x, centers, duals, lo, hi, ranges, max_scores):
     """(best score, global argmax) of every row over clusters [lo, hi), in chunks of <= max_scores scores."""
     num_rows = x.shape[0]
-    best = torch.full((num_rows,), float("-inf"), dtype=torch.float32, device=x.device)
+    best = torch.full((num_rows,), float("-inf"), dtype=x.dtype, device=x.device)
     best_idx = torch.full((num_rows,), -1, dtype=torch.int64, device=x.device)
     col_chunk = max(1, min(hi - lo, max_scores))
     row_chunk = max(1, max_scores // col_chunk)
@@ -79,12 +81,11 @@ def assign_torch(x, centers, duals, head_offsets, row_ranges=None, *, max_scores
     if max_scores < 1:
         raise ValueError(f"max_scores must be >= 1, got {max_scores}")
     offsets = offsets_list(head_offsets)
-    x = x.to(torch.float32)
-    centers = centers.to(torch.float32)
-    duals = duals.to(torch.float32)
+    dtype = compute_dtype(torch.promote_types(x.dtype, centers.dtype))  # fp32, or fp64 in a float64 run
+    x, centers, duals = x.to(dtype), centers.to(dtype), duals.to(dtype)
     num_heads = len(offsets) - 1
     labels = torch.empty((x.shape[0], num_heads), dtype=torch.int64, device=x.device)
-    best = torch.empty((x.shape[0], num_heads), dtype=torch.float32, device=x.device)
+    best = torch.empty((x.shape[0], num_heads), dtype=dtype, device=x.device)
     for head in range(num_heads):
         ranges = None if row_ranges is None else row_ranges[:, head].to(torch.int64)
         best[:, head], labels[:, head] = _best_in_segment(

@@ -1,4 +1,4 @@
-"""CoKe's multi-view loss as the official code computes it (design §5, "Two views" and "Multi-crop").
+"""CoKe's multi-view loss as the official code computes it (docs/algorithm.md §3 "Two views" and §4 "Multi-crop").
 
 Inputs are logits `normalize(·) @ C_prev.T / T`, indexed [view][head]: views 0 and 1 are the large crops, the
 rest small crops. `pred` come from the predictor, `proj` from the projection; y (B, H) are the previous-epoch
@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from ops.precision import upcast
 
 
 def hard_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean CE over the rows with a label (>= 0); a zero that keeps the graph when there is none."""
     valid = labels >= 0
-    log_probs = F.log_softmax(logits.float(), dim=1)
+    log_probs = F.log_softmax(upcast(logits), dim=1)
     picked = log_probs.gather(1, labels.clamp_min(0).unsqueeze(1)).squeeze(1)
     return -(picked * valid).sum() / valid.sum().clamp_min(1)
 
@@ -28,12 +29,12 @@ def hard_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
 def labelled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The same as `hard_cross_entropy` by ignore_index (the exact sum of F.cross_entropy over the labelled rows);
     0, with zero gradient, when no row has a label (F.cross_entropy's 0/0)."""
-    return torch.nan_to_num(F.cross_entropy(logits.float(), labels, ignore_index=-1), nan=0.0)
+    return torch.nan_to_num(F.cross_entropy(upcast(logits), labels, ignore_index=-1), nan=0.0)
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """H(q, p) = −Σ q·log softmax(p), averaged over the rows."""
-    return -(target * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+    return -(target * F.log_softmax(upcast(logits), dim=1)).sum(dim=1).mean()
 
 
 def label_ce(logits: list[torch.Tensor], labels: torch.Tensor, soft: list[torch.Tensor] | None = None) -> torch.Tensor:
@@ -47,7 +48,7 @@ def label_ce(logits: list[torch.Tensor], labels: torch.Tensor, soft: list[torch.
         hard = F.one_hot(labels[:, j].clamp_min(0), h.shape[1]).to(soft[j].dtype) * known
         target = torch.where(soft[j].sum(1, keepdim=True) > 0, soft[j], hard)
         rows = (target.sum(1) > 0).sum().clamp_min(1)
-        losses.append(-(target * F.log_softmax(h.float(), 1)).sum() / rows)
+        losses.append(-(target * F.log_softmax(upcast(h), 1)).sum() / rows)
     return torch.stack(losses).mean()
 
 
@@ -57,7 +58,7 @@ def coke_view_loss(pred: list[list[torch.Tensor]], proj: list[list[torch.Tensor]
     num_views, num_heads = len(pred), labels.shape[1]
     if num_views < 2 or len(proj) != num_views:
         raise ValueError(f"need >= 2 views, as many of each branch: got {num_views} and {len(proj)}")
-    teachers = [[F.softmax(z.detach().float(), dim=1) for z in proj[v]] for v in (0, 1)]
+    teachers = [[F.softmax(upcast(z.detach()), dim=1) for z in proj[v]] for v in (0, 1)]
     large = 0.0
     for j in range(num_heads):
         for branch in (pred, proj):

@@ -1,9 +1,9 @@
-"""The CoKe clustering state (design §5): centres, duals, counters and label memory, all in buffers.
+"""The CoKe clustering state (docs/algorithm.md §1): centres, duals, counters and label memory, all in buffers.
 
 Every rank holds a replica and calls `step` on the same gathered batch, so the replicas stay
 identical without any broadcast. Nothing here synchronises with the host.
 
-Rules this module fixes (the design leaves them open):
+Rules this module fixes (the official code leaves them open; docs/algorithm.md §6):
 - Duplicated instance ids in one batch (DistributedSampler padding): every row takes part in
   the assignment, the counts, the duals and the centres as an ordinary row, but the label
   memory (and the stage-2 slots) receive, for every copy, the label of the copy that comes
@@ -51,7 +51,7 @@ def _segments(offsets: list[int]) -> list[slice]:
 
 
 def _stage2_keys_moved(state_dict, prefix, *args) -> None:
-    """Checkpoints from before the stage-2 strategies (issue 29) hold its buffers on the state itself."""
+    """Checkpoints from before the stage-2 strategies (ops/coke_stage2.py) hold its buffers on the state itself."""
     for name in STAGE2_BUFFERS:
         if prefix + name in state_dict:
             state_dict[f"{prefix}stage2.{name}"] = state_dict.pop(prefix + name)
@@ -170,9 +170,9 @@ class CokeState(torch.nn.Module):
         if coarse is None:
             return self.ratio / self.head_size_of_cluster
         known = coarse >= 0
-        rows_of_class = torch.zeros(self.num_superclasses, device=coarse.device)
-        rows_of_class.index_add_(0, coarse.clamp_min(0), known.to(torch.float32))
-        unknown = (~known).sum().to(torch.float32)
+        rows_of_class = torch.zeros(self.num_superclasses, dtype=self.duals.dtype, device=coarse.device)
+        rows_of_class.index_add_(0, coarse.clamp_min(0), known.to(rows_of_class.dtype))
+        unknown = (~known).sum().to(rows_of_class.dtype)
         share = (rows_of_class[self.superclass_of_cluster] / self.block_size_of_cluster
                  + unknown / self.head_size_of_cluster)
         return self.ratio * share / max(batch_size, 1)

@@ -1,4 +1,4 @@
-"""CoKe update after an assignment (design §5 steps 3-4), without host synchronisation.
+"""CoKe update after an assignment (docs/algorithm.md §1.2-1.3), without host synchronisation.
 
 - duals:   rho_k <- max(0, rho_k + lr * (target_k - n_k / B)); no clamp when the bound ratio r is 1;
 - centres: c_k <- normalize((m_k c_k + sum of members' x) / (m_k + n_k)) where n_k > 0, else unchanged;
@@ -13,9 +13,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ops.precision import upcast
+
 
 def dual_step(duals, counts, target, batch_size: int, lr: float, clamp: bool) -> torch.Tensor:
-    stepped = duals + lr * (target - counts.to(torch.float32) / max(batch_size, 1))
+    stepped = duals + lr * (target - counts.to(duals.dtype) / max(batch_size, 1))
     return stepped.clamp_min(0.0) if clamp else stepped
 
 
@@ -23,14 +25,14 @@ def cluster_sums(x: torch.Tensor, labels: torch.Tensor, num_clusters: int) -> to
     """(sum K, D) fp32 sum of the rows assigned to each cluster, over all heads."""
     num_heads = labels.shape[1]
     flat = labels.reshape(-1)
-    rows = x.to(torch.float32).repeat_interleave(num_heads, dim=0) * (flat >= 0).unsqueeze(1)
-    sums = torch.zeros((num_clusters, x.shape[1]), dtype=torch.float32, device=x.device)
+    rows = upcast(x).repeat_interleave(num_heads, dim=0) * (flat >= 0).unsqueeze(1)
+    sums = torch.zeros((num_clusters, x.shape[1]), dtype=rows.dtype, device=x.device)
     return sums.index_add_(0, flat.clamp_min(0), rows)
 
 
 def blend_centers(centers, counters, sums, counts) -> torch.Tensor:
-    m = counters.to(torch.float32).unsqueeze(1)
-    n = counts.to(torch.float32).unsqueeze(1)
+    m = counters.to(centers.dtype).unsqueeze(1)
+    n = counts.to(centers.dtype).unsqueeze(1)
     blended = F.normalize((m * centers + sums) / (m + n).clamp_min(1.0), dim=1)
     return torch.where(n > 0, blended, centers)
 
@@ -85,13 +87,13 @@ def update_clusters_(
 def exact_cluster_sums(x: torch.Tensor, labels: torch.Tensor, offsets: list[int]) -> torch.Tensor:
     """(sum K, D) fp32 member sums as one-hot GEMMs, one per head: bit-reproducible across ranks on CUDA,
     where index_add_ is not."""
-    x = x.to(torch.float32)
+    x = upcast(x)
     sums = []
     with torch.autocast(x.device.type, enabled=False):  # fp32 sums even inside a bf16 training step
         for head, (lo, hi) in enumerate(zip(offsets[:-1], offsets[1:])):
             local = (labels[:, head] - lo).clamp_min(0).unsqueeze(1)
-            valid = (labels[:, head] >= 0).to(torch.float32).unsqueeze(1)
-            one_hot = torch.zeros(x.shape[0], hi - lo, device=x.device).scatter_(1, local, valid)
+            valid = (labels[:, head] >= 0).to(x.dtype).unsqueeze(1)
+            one_hot = torch.zeros(x.shape[0], hi - lo, dtype=x.dtype, device=x.device).scatter_(1, local, valid)
             sums.append(one_hot.T @ x)
     return torch.cat(sums)
 
@@ -112,8 +114,8 @@ def update_running_means_(
     """Like `update_clusters_`, but the centres stay the exact (un-normalised) running mean of this epoch's members
     (the official stage-2 rule): c <- (m c + sum of members' x) / (m + n) where n > 0."""
     sums = exact_cluster_sums(x, labels, offsets)
-    m = counters.to(torch.float32).unsqueeze(1)
-    n = counts.to(torch.float32).unsqueeze(1)
+    m = counters.to(centers.dtype).unsqueeze(1)
+    n = counts.to(centers.dtype).unsqueeze(1)
     centers.copy_(torch.where(n > 0, (m * centers + sums) / (m + n).clamp_min(1.0), centers))
     duals.copy_(dual_step(duals, counts, dual_target, x.shape[0], dual_lr, clamp))
     counters.add_(counts.to(counters.dtype))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ops.precision import upcast
+
 
 def assign_to_nearest(features: torch.Tensor, centroids: torch.Tensor, chunk_size: int = 65536) -> torch.Tensor:
     """Index (N,) of the most similar centroid for every row, in row chunks so N x k never materialises whole."""
@@ -64,11 +66,11 @@ def spherical_kmeans(
     identical results. Each iteration assigns every row to its most similar centroid, then moves each
     centroid to the normalised mean of its members. Empty clusters keep their previous centroid (as in
     DeepCluster-v2); they are not re-seeded.
-    Returns (centroids (k, D) float32 unit-norm, assignments (N,) int64 against the returned centroids).
+    Returns (centroids (k, D) unit-norm, float32 (float64 for float64 rows), assignments (N,) int64 against the returned centroids).
     """
     if not 0 < k <= features.shape[0]:
         raise ValueError(f"k must be in [1, N={features.shape[0]}], got {k}")
-    features = features.float()
+    features = upcast(features)
     if isinstance(init, torch.Tensor):
         if init.shape != (k, features.shape[1]):
             raise ValueError(f"init centroids must have shape {(k, features.shape[1])}, got {tuple(init.shape)}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ops.distributed import all_reduce_max, all_reduce_sum
+from ops.precision import upcast
 
 
 def _stable_logsumexp(values: torch.Tensor, dim: int, across_ranks: bool = False) -> torch.Tensor:
@@ -39,9 +40,9 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -
       - every row sums to 1 (exactly, up to float rounding), as SwAV returns it;
       - the column sums over the GLOBAL batch (all ranks) approach B_global / K as iterations grow;
         with SwAV's 3 iterations they are only approximately equal.
-    Computed in float32 whatever the input dtype, without gradient. iterations=0 gives softmax(scores / epsilon).
+    Computed in float32 (float64 for float64 scores), without gradient. iterations=0 gives softmax(scores / epsilon).
     """
-    log_q = scores.detach().float() / epsilon
+    log_q = upcast(scores.detach()) / epsilon
     if iterations == 0:  # torch's own softmax, so a caller without balancing keeps a plain softmax's exact arithmetic
         return torch.softmax(log_q, dim=1)
     for _ in range(iterations):

@@ -1,7 +1,8 @@
 """A disk that fills up, a kill during a save, a read-only run directory, a checkpoint folder on another file system
 than the system temp: one paragraph and a non-zero exit, every intact checkpoint and log kept, and a resume that
-ends on the uninterrupted run's weights (issue 34, item 1 and 'done when')."""
+ends on the uninterrupted run's weights."""
 import errno
+import logging
 import os
 import shlex
 import shutil
@@ -15,7 +16,8 @@ import torch
 
 from fault_runs import (args_for, assert_same_weights, cli, copy_run, failing_writes, fault_tree,  # noqa: F401
                         last_paragraph, simclr_reference, snapshot)
-from lightning_modules.run.atomic_save import TEMP_SUFFIX
+from lightning_modules.run.atomic_save import (STALE_AFTER_SECONDS, TEMP_SUFFIX, remove_stale_temp_files,
+                                                 size_in_words)
 from tiny_data import run_dirs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -70,7 +72,8 @@ sys.exit(run_cli(train.main, {args!r}))
 """
 
 
-def test_kill_9_during_a_save_leaves_the_previous_checkpoint_whole(fault_tree, simclr_reference, tmp_path, capsys):
+def test_kill_9_during_a_save_leaves_the_previous_checkpoint_whole(fault_tree, simclr_reference, tmp_path, capsys,
+                                                                   caplog):
     args = args_for("simclr", fault_tree, tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE.format(tests=str(REPO / "tests"), args=args)],
@@ -81,9 +84,30 @@ def test_kill_9_during_a_save_leaves_the_previous_checkpoint_whole(fault_tree, s
     assert _step(checkpoints / "last.ckpt") == 2  # epoch 0's last.ckpt, untouched by the cut-off save
     [partial] = [p for p in checkpoints.iterdir() if p.name.endswith(TEMP_SUFFIX)]  # what the kill left
 
-    assert cli([*args, "resume=auto"], capsys)[0] == 0
-    assert partial.is_file()  # never a resume candidate, never deleted
+    size = partial.stat().st_size
+    stale = partial.stat().st_mtime - STALE_AFTER_SECONDS
+    os.utime(partial, (stale, stale))  # as if the resume came minutes after the kill
+    with caplog.at_level(logging.WARNING):
+        assert cli([*args, "resume=auto"], capsys)[0] == 0
+    assert not partial.exists()  # never a resume candidate; removed by the resume, and said once
+    [said] = [r.getMessage() for r in caplog.records if "partial checkpoint" in r.getMessage()]
+    assert partial.name in said and size_in_words(size) in said
+    assert not [p for p in checkpoints.iterdir() if p.name.endswith(TEMP_SUFFIX)]
     assert_same_weights(checkpoints / "last.ckpt", simclr_reference / "checkpoints" / "last.ckpt")
+
+
+def test_only_a_stale_temporary_file_is_removed(tmp_path):
+    """A save in progress (its temporary file written to moments ago) is left alone; one untouched for longer than a
+    save can pause is removed, and nothing else in the folder."""
+    now = 1_000_000.0
+    files = {name: tmp_path / name for name in (".last.ckpt.a1.saving", ".last.ckpt.b2.saving", "last.ckpt",
+                                                "epoch001.ckpt.saving", ".notes.txt")}
+    for name, path in files.items():
+        path.write_bytes(b"x" * 10)
+        age = 1.0 if name == ".last.ckpt.b2.saving" else STALE_AFTER_SECONDS + 1
+        os.utime(path, (now - age, now - age))
+    assert remove_stale_temp_files(tmp_path, now=now) == [(".last.ckpt.a1.saving", 10)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(set(files) - {".last.ckpt.a1.saving"})
 
 
 def test_checkpoints_on_another_file_system_than_the_system_temp(fault_tree, tmp_path, monkeypatch, capsys):

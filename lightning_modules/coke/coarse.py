@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from ops.precision import upcast
 
 
 class CoarseCE(torch.nn.Linear):
     """coarse_weight λ > 0: a linear superclass classifier on the normalised projection, λ·CE added to the loss
-    (design §5, "CoKe with coarse labels"; the clusters are partitioned by superclass in ops/coke_state.py). It is
+    (docs/algorithm.md §5; the clusters are partitioned by superclass in ops/coke_state.py). It is
     the module's `coarse_head`, its checkpoint key."""
 
     def __init__(self, dim: int, num_coarse: int, weight: float):
@@ -16,6 +17,6 @@ class CoarseCE(torch.nn.Linear):
 
     def __call__(self, module, h: list[torch.Tensor], z: list[torch.Tensor], clean: torch.Tensor,
                  batch: dict) -> torch.Tensor:
-        coarse_ce = F.cross_entropy(self.forward(F.normalize(z[0], dim=1)).float(), batch["coarse"], ignore_index=-1)
+        coarse_ce = F.cross_entropy(upcast(self.forward(F.normalize(z[0], dim=1))), batch["coarse"], ignore_index=-1)
         module.log("train/coarse_ce", coarse_ce)
         return self.weight_of_term * coarse_ce

@@ -15,6 +15,7 @@ import torch.distributed as dist
 
 from ops.distributed import gather_no_grad, is_distributed
 from ops.kmeans import spherical_kmeans
+from ops.precision import upcast
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ def embed_training_set(module) -> tuple[torch.Tensor, torch.Tensor]:
     ids, feats = [], []
     for batch in module.training_batches():
         ids.append(gather_no_grad(batch["index"]))
-        feats.append(gather_no_grad(module.assign_encoder.no_grad_input(module, batch).float()))
+        feats.append(gather_no_grad(upcast(module.assign_encoder.no_grad_input(module, batch))))
     return torch.cat(ids), torch.cat(feats)
 
 
@@ -37,7 +38,7 @@ def kmeans_initialise(module, iterations: int) -> None:
     ids, feats = embed_training_set(module)
     device = state.centers.device
     ids = ids.to(device)
-    embedded = torch.zeros(state.num_instances, feats.shape[1], device=device)
+    embedded = torch.zeros(state.num_instances, feats.shape[1], dtype=feats.dtype, device=device)
     embedded[ids] = feats.to(device)  # a repeated id (sampler padding) carries the same image
     seen = torch.zeros(state.num_instances, dtype=torch.bool, device=device)
     seen[ids] = True

@@ -1,5 +1,5 @@
 """CoKe: online constrained k-means (Qian et al., "Unsupervised Visual Representation Learning by Online Constrained
-K-Means", CVPR 2022; official code idstcv/CoKe). Read with design §5.
+K-Means", CVPR 2022; official code idstcv/CoKe). Read with docs/algorithm.md §1-2.
 
 "Each instance is assigned to a cluster under a lower bound on every cluster's size, and the network learns to
 predict the cluster it got in the previous epoch." Per step: encode the views, cluster the gathered batch (no grad),
@@ -17,6 +17,7 @@ from lightning_modules.base import PretrainModule
 from lightning_modules.coke import compose, dashboard
 from lightning_modules.coke.config import CoKeConfig, upgrade
 from ops.distributed import gather_no_grad, rank
+from ops.precision import upcast
 
 
 class CoKe(PretrainModule):
@@ -42,14 +43,14 @@ class CoKe(PretrainModule):
         # Labels of every training instance, filled as batches pass: for the NMI dashboard only.
         self.register_buffer("instance_labels", torch.full((data_info["num_train"], 2), -1), persistent=False)
 
-    # ---- the clustering, design §5 steps 1-5 -----------------------------------------------------------------
+    # ---- the clustering, docs/algorithm.md §1.1-1.5 ------------------------------------------------------------
     def cluster_step(self, x: torch.Tensor, batch: dict) -> torch.Tensor:
         """Cluster the batch of all ranks (no grad); return this rank's previous-epoch labels (B, H)."""
         ids = gather_no_grad(batch["index"])
         classes = gather_no_grad(torch.stack([batch["fine"], batch["coarse"]], 1))
         self.instance_labels[ids] = classes
         # The coarse labels only restrict the assignment when the clusters are partitioned (coarse_weight > 0).
-        prev = self.clustering.step(gather_no_grad(x.detach().float()), ids, classes[:, 1])
+        prev = self.clustering.step(gather_no_grad(upcast(x.detach())), ids, classes[:, 1])
         local = x.shape[0]
         return prev[rank() * local:(rank() + 1) * local]
 

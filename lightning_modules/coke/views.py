@@ -8,12 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from ops.coke_losses import coke_view_loss, label_ce, soft_cross_entropy
+from ops.precision import upcast
 
 
 class OneView:
-    """The paper's one-view loss (design §5): CE of normalize(h)·C_prev / T against the previous-epoch label, averaged
-    over the views (small crops, if any, are more views). The official code trains the predictor output only
-    (its --coke-beta β = 1)."""
+    """The paper's one-view loss (docs/algorithm.md §1.5): CE of normalize(h)·C_prev / T against the previous-epoch
+    label, averaged over the views (small crops, if any, are more views). The official code trains the predictor
+    output only (its --coke-beta β = 1)."""
 
     def cluster_input(self, z: list[torch.Tensor]) -> torch.Tensor:
         return F.normalize(z[0], dim=1)
@@ -53,7 +54,7 @@ class EarlierTwoViewLoss(TwoViews):
 
     def __call__(self, module, h, z, labels, ce) -> torch.Tensor:
         logits = [module.head_logits(hv) for hv in h]
-        soft = [[F.softmax(lg.detach().float(), 1) for lg in view] for view in logits[:2]]
+        soft = [[F.softmax(upcast(lg.detach()), 1) for lg in view] for view in logits[:2]]
         total, terms = 0.0, 0
         for v, view_logits in enumerate(logits):
             teachers = [1 - v] if v < 2 else [0, 1]

@@ -11,6 +11,7 @@ import io
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,9 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 TEMP_SUFFIX = ".saving"  # ".<name>.<random>.saving" beside the file while it is written; never a resume candidate
 CHUNK_BYTES = 1 << 24
+# A save in progress writes a chunk at least every few seconds; a temporary file untouched this long was left by a
+# save that was killed (kill -9, a node lost) and will never be completed.
+STALE_AFTER_SECONDS = 120.0
 
 
 class CheckpointSaveError(OSError):
@@ -114,6 +118,22 @@ def keep_copy(path: str | Path, copy: str | Path) -> None:
     except OSError:
         link.unlink(missing_ok=True)
         atomic_write_bytes(copy, path.read_bytes())
+
+
+def remove_stale_temp_files(folder: Path, now: float | None = None) -> list[tuple[str, int]]:
+    """Delete the temporary files of saves that were cut off (``.*.saving`` not modified for STALE_AFTER_SECONDS);
+    returns each one's (name, bytes). The checkpoint each would have replaced is whole: only the partial copy goes."""
+    now = time.time() if now is None else now
+    removed = []
+    for path in sorted(Path(folder).glob(f".*{TEMP_SUFFIX}")):
+        try:
+            stat = path.stat()
+            if path.is_file() and now - stat.st_mtime >= STALE_AFTER_SECONDS:
+                path.unlink()
+                removed.append((path.name, stat.st_size))
+        except OSError:  # gone already, or not ours to delete: leave it
+            continue
+    return removed
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from configs.loader import ConfigError, to_plain, to_yaml
-from lightning_modules.run.atomic_save import AtomicCheckpointIO
+from lightning_modules.run.atomic_save import AtomicCheckpointIO, remove_stale_temp_files, size_in_words
 from lightning_modules.run.callbacks import Throughput, ViewGrid
 from lightning_modules.run.cpu_run import CpuCostNotice, fit_precision_to_cpu
 from lightning_modules.run.feature_diagnostics import FeatureDiagnostics
@@ -116,6 +116,10 @@ def prepare_run_dir(cfg, run_name: str, resume: ResumePoint | None) -> Path:
             for folder in (run_dir, run_dir / CHECKPOINTS):
                 if folder.is_dir():
                     check_writable(folder)
+            if removed := remove_stale_temp_files(run_dir / CHECKPOINTS):
+                log.warning("resume: removed %d partial checkpoint file(s) left by a save that was cut off (%s, %s); "
+                            "the checkpoints themselves are whole", len(removed),
+                            ", ".join(name for name, _ in removed), size_in_words(sum(n for _, n in removed)))
         else:
             run_dir = _new_run_dir(run_dir.parent)
         config_file, text = run_dir / CONFIG_FILE, to_yaml(cfg)
