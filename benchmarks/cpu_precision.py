@@ -1,4 +1,4 @@
-"""bf16 autocast against fp32 for one training step on the CPU (issue 16: the precision default without a GPU).
+"""bf16 autocast against fp32 for one training step on the CPU (the evidence for the precision default without a GPU).
 
     python benchmarks/cpu_precision.py [--backbone resnet10t] [--batch-size 128] [--image-size 32] [--steps 3]
         [--warmup 1] [--rounds 2] [--threads N]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU race (issue 33) in one prepared device call, with gpu_suite.sh's contract and plumbing.
+# The GPU race in one prepared device call, with gpu_suite.sh's contract and plumbing.
 #
 #   bash benchmarks/gpu_suite.sh --prepare   here, as for the suite (it fills .gpu/, carried by the call)
 #   bash benchmarks/gpu_race.sh              on the GPU machine: benchmarks/budget.py trains RACE_ROWS for

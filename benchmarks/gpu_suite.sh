@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU figure from one prepared command (issue 14).
+# Every GPU figure from one prepared command.
 #
 #   bash benchmarks/gpu_suite.sh --prepare   here: copy what the GPU machine lacks (wheels, CIFAR-10) into .gpu/
 #                                            and print the device call to make
@@ -7,7 +7,7 @@
 #                                            deadline, the whole run within SUITE_SECONDS
 #   bash benchmarks/gpu_suite.sh --dry-run   on the CPU: every stage at tiny sizes (argument names, imports, output
 #                                            files), skipping only what needs CUDA
-#   bash benchmarks/gpu_race.sh [--dry-run]  the GPU race (issue 33), a sibling with the same contract
+#   bash benchmarks/gpu_race.sh [--dry-run]  the GPU race, a sibling with the same contract
 #
 # Stages: CUDA tests (pytest -m cuda), P1 assign.py, P3 step.py (eager, then model.compile=true), profile_loop.py
 # (the real loop of one-view CoKe and SimCLR under torch.profiler), augment.py, P2 time_to_accuracy.py (CoKe, SimCLR).

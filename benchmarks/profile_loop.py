@@ -10,7 +10,7 @@ one's host milliseconds per step. On CUDA it also gives the GPU busy fraction (k
 wall time), the longest gaps between kernels, and every device-to-host synchronisation with its source line
 (``torch.cuda.set_sync_debug_mode``); on the CPU the host reads are found by wrapping the tensor methods
 (lightning_modules/run/host_reads.py). ``loop / step`` is the loop's images/s over the step's alone
-(on_train_batch_start to on_train_batch_end, CUDA events), the ratio issue 32 asks to be >= 0.9.
+(on_train_batch_start to on_train_batch_end, CUDA events); the goal is a ratio >= 0.9.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
         [--subset 0] [--eval-subset 0] [--eval-every 0] [--device cuda|cpu] [--precision bf16-mixed]
         [--workers N] [--config configs/pretrain/coke_cifar10.yaml] [--set key=value ...] [--threads N]
 
-Goal on one H100: >= 85% kNN top-1 within 10 minutes of training (issue 10).
+Goal on one H100: >= 85% kNN top-1 within 10 minutes of training.
 
 - Training runs through a real pl.Trainer with the config's model, views, optimiser and data pipeline.
 - The budget counts training time only; the kNN evaluations pause the clock (the wall column includes them).

@@ -1,4 +1,4 @@
-"""CoKe's one-view last stage (design §5): per-instance label slots and the moving average of the centres.
+"""CoKe's one-view last stage (docs/algorithm.md §2): per-instance label slots and the moving average of the centres.
 
 Slots are (R, H, S) tensors: for every row and head, S (label, weight) pairs; label -1 or weight 0 = empty.
 Two rules:

@@ -1,4 +1,4 @@
-"""Tiny real runs for the fault tests (issue 34): three epochs of two steps on 80 CIFAR-10 JPEGs, the reference run
+"""Tiny real runs for the fault tests: three epochs of two steps on 80 CIFAR-10 JPEGs, the reference run
 a faulty one must match, and the helpers that inject a fault at a given step or file write (never on a timer)."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""One class list for every split of an image folder: train's (issue 15, item 3)."""
+"""One class list for every split of an image folder: train's."""
 import logging
 import shutil
 

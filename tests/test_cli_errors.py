@@ -1,5 +1,5 @@
 """Every error of train.py and evaluate.py ends with the CLI's own paragraph and a non-zero status, no traceback
-unless --debug (issue 15, item 4). Real files throughout: the shared CIFAR data, real pickles and checkpoints."""
+unless --debug. Real files throughout: the shared CIFAR data, real pickles and checkpoints."""
 import json
 import pickle
 

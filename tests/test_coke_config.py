@@ -1,5 +1,5 @@
 """CoKe's typed config refuses bad choices and bad combinations when it loads (so --print-config and budget.py's
-up-front check stop before anything runs), and the keys used before issue 29 still load, moved, with a notice."""
+up-front check stop before anything runs), and the old flat keys (`beta`, ...) still load, moved, with a notice."""
 from __future__ import annotations
 
 import io

@@ -50,7 +50,7 @@ def test_slot_weights_follow_the_rule_by_hand():
 
 # ------------------------------------------------------------------------------ stage-2 reference
 def reference_slot_update(slots: list[list], label: int, fraction: float) -> float:
-    """The issue's rule on [label, weight] pairs; returns the weight evicted (0 for a hit or an empty slot)."""
+    """The official rule (docs/algorithm.md §2) on [label, weight] pairs; returns the weight evicted (0 if none)."""
     hits = [i for i, (slot_label, w) in enumerate(slots) if slot_label == label and w > 0]
     if hits:
         for slot in slots:

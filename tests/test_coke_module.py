@@ -203,7 +203,7 @@ def test_two_view_clusters_on_the_unrenormalised_mean_and_small_crops_are_studen
 
 def test_stage2_loss_reads_the_soft_targets_before_this_step_writes(cifar10, monkeypatch):
     """Stage 2 (one view): the target is a softmax at t = 0.5 of the label frequencies over the EARLIER
-    stage-2 epochs, read before this step's label is written (design §5, rule 5); in the first stage-2 epoch,
+    stage-2 epochs, read before this step's label is written (docs/algorithm.md §2); in the first stage-2 epoch,
     with no stage-2 label yet, it is the previous epoch's hard label. (stage2_rule=legacy: label frequencies.)"""
     module = CoKe(coke_cfg(ONE_VIEW, "method.num_clusters=[6,9]", "method.stage2_epochs=3", "method.stage2_rule=legacy"),
                   {"num_train": 20, "num_fine": 10, "num_coarse": 2})

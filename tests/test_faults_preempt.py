@@ -1,6 +1,6 @@
 """SIGTERM / SIGUSR1 mid-epoch: a checkpoint at the next step boundary, status 75, and a resume that ends
 bit-identical to the uninterrupted run; under SLURM, SIGUSR1 requeues the job and the requeued job continues the
-same run directory (issue 34, items 3-4). The signal is sent from a callback at a given step: no timing."""
+same run directory. The signal is sent from a callback at a given step: no timing."""
 import csv
 import json
 import os

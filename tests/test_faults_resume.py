@@ -1,6 +1,6 @@
 """resume= takes the newest checkpoint that loads and never deletes a damaged one; another method's checkpoint is
 refused before anything is written; twin jobs get two run directories by construction; a malformed hierarchy or a
-config with several errors is one paragraph naming the file, the line and every error (issue 34, items 2, 5-7)."""
+config with several errors is one paragraph naming the file, the line and every error."""
 import logging
 import time
 

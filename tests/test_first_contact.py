@@ -1,4 +1,4 @@
-"""What a first run tells its user (issue 16): the CPU notice and stop, the whole-run progress fields, the loader
+"""What a first run tells its user: the CPU notice and stop, the whole-run progress fields, the loader
 workers and the precision that fit the machine."""
 from __future__ import annotations
 

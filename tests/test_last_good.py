@@ -1,4 +1,4 @@
-"""After a NaN, last.ckpt holds the newest weights that are finite and gave a finite loss (issue 15, item 5)."""
+"""After a NaN, last.ckpt holds the newest weights that are finite and gave a finite loss."""
 import pytest
 import torch
 

@@ -1,4 +1,4 @@
-"""Issue 17: the SeA probe's perturbation, few-shot sampling and curve, the feature diagnostics and the map, the
+"""The SeA probe's perturbation, few-shot sampling and curve, the feature diagnostics and the map, the
 pretraining diagnostics callback, and the three protocols end to end through evaluate.py (real CIFAR-10 subsets)."""
 import json
 import math

@@ -1,5 +1,5 @@
 """resume= never destroys anything: a checkpoint is proved loadable before any write or data loading, a checkpoint
-outside a run directory gets a new run directory, and a resumed run keeps its CSV history (issue 15, items 1-2)."""
+outside a run directory gets a new run directory, and a resumed run keeps its CSV history."""
 import csv
 import shutil
 

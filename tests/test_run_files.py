@@ -1,5 +1,5 @@
 """A run writes only under its run directory and the configured cache (W&B's own files included), and a resumed
-run continues its W&B run id (issue 15, items 2 and 6). Run in a fresh process with its own HOME and cwd."""
+run continues its W&B run id. Run in a fresh process with its own HOME and cwd."""
 import json
 import os
 import subprocess

@@ -4,7 +4,7 @@ Names follow the official code's arguments (idstcv/CoKe): --coke-k is `num_clust
 --coke-dual-lr `dual_lr`, --coke-ratio `ratio`, --coke-alpha `alpha`; its --coke-beta is not `projection_weight`
 (see there). `validate` holds the rules on combining options; configs/loader.py calls it when a config loads, so
 `--print-config`, benchmarks/budget.py and every entry point refuse a bad combination before anything trains. `RENAMED` maps the keys
-used before issue 29 (flat, `beta`) to these; old configs and checkpoints still load, with a one-line notice.
+used before this layout (flat, `beta`) to these; old configs and checkpoints still load, with a one-line notice.
 """
 from __future__ import annotations
 

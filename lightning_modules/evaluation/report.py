@@ -31,7 +31,7 @@ report.json, schema_version 1::
       "timings_s": {"features": s, "linear": s, "knn": s, "retrieval": s, "clustering": s, "sea": s, ...}
     }
 
-Since issue 17 (still schema 1, every addition optional): protocols sea, fewshot and diagnostics, level "none",
+Added later (still schema 1, every addition optional): protocols sea, fewshot and diagnostics, level "none",
 the diagnostics metrics and the "figures" key.
 """
 from __future__ import annotations
