@@ -4,7 +4,8 @@
   with a one-line notice each; the loader applies them to every YAML and command-line layer (and a method may apply
   them to the config stored in an old checkpoint).
 - ``validate(cfg) -> list[str]``: the rules on combining its options, one sentence per broken rule, checked once
-  the whole run config is merged, so every entry point refuses before anything runs.
+  the whole run config is merged, so every entry point refuses before anything runs (CoKe's rules:
+  lightning_modules/coke/rules.py).
 """
 from __future__ import annotations
 

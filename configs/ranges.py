@@ -1,6 +1,7 @@
 """Valid ranges of the numeric config keys, checked when a config loads (so ``--print-config`` refuses too).
 
-A key absent from a schema (the eval schema has no ``trainer``; a method has its own keys) is skipped.
+A key absent from a schema (the eval schema has no ``trainer``) is skipped. A method's own keys are checked by its
+rules (``validate``, configs/method_hooks.py), which may pass their own table to ``range_errors``.
 """
 from __future__ import annotations
 
@@ -54,14 +55,6 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "retrieval.ks": (1, INF, "neighbour counts"),
     "clustering.num_clusters": (0, INF, "clusters (0: the number of classes)"),
     "clustering.iterations": (1, INF, "k-means iterations"),
-    "method.kmeans_iterations": (1, INF, "k-means iterations"),
-    "method.kmeans_start.iterations": (1, INF, "k-means iterations"),
-    "method.soft_target.weight": (0, 1, "the soft target's weight in [0, 1]"),
-    "method.soft_target.temperature": (1e-12, INF, "a positive temperature"),
-    "method.soft_target.sinkhorn_iterations": (0, INF, "Sinkhorn iterations (0: a plain softmax)"),
-    "method.instance_term.weight": (0, INF, "a non-negative weight"),
-    "method.instance_term.temperature": (1e-12, INF, "a positive temperature"),
-    "method.instance_term.cluster_weight": (0, INF, "a non-negative weight"),
     "sea.epochs": (1, INF, "epochs"),
     "sea.batch_size": (2, INF, "features per batch (SeA mixes the others of a batch)"),
     "sea.lrs": (1e-12, INF, "positive learning rates"),
@@ -95,10 +88,10 @@ def _bound(x: float) -> str:
     return "no limit" if math.isinf(x) else f"{x:g}"
 
 
-def range_errors(plain_cfg: dict) -> list[str]:
+def range_errors(plain_cfg: dict, ranges: dict[str, tuple[float, float, str]] = RANGES) -> list[str]:
     """One sentence per key whose value lies outside its range."""
     errors = []
-    for key, (low, high, meaning) in RANGES.items():
+    for key, (low, high, meaning) in ranges.items():
         node: Any = plain_cfg
         for part in key.split("."):
             node = node.get(part) if isinstance(node, dict) else None

@@ -4,7 +4,8 @@ from __future__ import annotations
 import math
 
 import torch
-from timm.optim import Lars
+from timm.optim import Lars as TimmLars
+from timm.optim.lars import lars
 from torch import nn
 
 
@@ -34,6 +35,33 @@ def scaled_lr(base_lr: float, global_batch: int, scale: bool) -> float:
     return base_lr * global_batch / 256 if scale else base_lr
 
 
+class Lars(TimmLars):
+    """timm's LARS, except that a group with ``"lars": False`` steps as torch.optim.SGD (momentum and weight decay,
+    no trust ratio): timm adapts every group with non-zero weight decay, which would all but freeze SeCu's centres
+    (the official code moves them by plain SGD, idstcv/SeCu main.py)."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            grads, decay, adapt = [p.grad for p in params], group["weight_decay"], group["always_adapt"]
+            if not group.get("lars", True):  # SGD's step: decay in the gradient, and none in the group (no ratio)
+                grads, decay, adapt = [g.add(p, alpha=decay) for g, p in zip(grads, params)], 0.0, False
+            momentum = group["momentum"]
+            buffers = [self.state[p].get("momentum_buffer") for p in params] if momentum else []
+            lars(params, grads, buffers, foreach=group["foreach"], lr=group["lr"], momentum=momentum,
+                 dampening=group["dampening"], weight_decay=decay, nesterov=group["nesterov"],
+                 trust_coeff=group["trust_coeff"], eps=group["eps"], trust_clip=group["trust_clip"],
+                 always_adapt=adapt)
+            for p, buffer in zip(params, buffers):  # created on the first step
+                self.state[p]["momentum_buffer"] = buffer
+        return loss
+
+
 def build_optimizer(cfg, groups: list[dict], lr: float, on_cuda: bool) -> torch.optim.Optimizer:
     if cfg.implementation not in ("auto", "default", "foreach", "fused"):
         raise ValueError(f"unknown optim.implementation `{cfg.implementation}`; use auto, foreach, fused or default")
@@ -45,7 +73,7 @@ def build_optimizer(cfg, groups: list[dict], lr: float, on_cuda: bool) -> torch.
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), **impl)
     if cfg.name == "lars":
-        # LARS adaptation is skipped for groups with weight_decay 0 (biases, norms, probes).
+        # LARS adaptation is skipped for groups with weight_decay 0 (biases, norms, probes) and "lars": False.
         if cfg.implementation == "fused":
             raise ValueError("optim.implementation=fused: LARS has no fused kernel. Use auto (timm's LARS is "
                              "multi-tensor/foreach wherever torch supports it) or foreach")

@@ -13,6 +13,7 @@ from typing import List
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics.functional.clustering import normalized_mutual_info_score
 
 from configs.schema import MethodConfig
 from lightning_modules.base import PretrainModule
@@ -22,6 +23,7 @@ from ops.distributed import gather_no_grad
 from ops.secu import center_loss, head_slices, representation_loss, size_dual_step, size_dual_targets
 
 STATE = ("epoch_centers", "duals", "counts", "label_memory", "changed")
+DASHBOARD = ("instance_classes",)
 
 
 @dataclass
@@ -33,9 +35,19 @@ class SeCuConfig(MethodConfig):
     tau: float = 0.2  # weight of the previous-epoch one-hot in the targets
     ratio: float = 0.9  # lower bound r·N/K instances per cluster; 1.0 = balanced (no clamp)
     dual_lr: float = 0.1
-    center_lr: float = 1.2  # constant and not batch-scaled, as the official code
+    center_lr: float = 1.2  # constant (never scheduled), as the official code
+    # center_lr and dual_lr are per step at this global batch (the official 128) and scale by global batch / it:
+    # constant rates per image, so a larger batch makes fewer, longer steps. 0: per step at any batch.
+    rates_at_batch: int = 128
     init_epochs: int = 1  # epochs at lr 0 for the network (the centres still learn)
+    # init_epochs and optim.warmup_epochs count epochs of this many images, the official epoch (CIFAR-10's 50,000:
+    # 390 steps at batch 128), whatever the subset, batch or run length; 0: the run's own epochs.
+    schedule_epoch_images: int = 50000
     kernel: str = "auto"  # assignment: auto | triton | torch
+    # What the clustering assigns. views: the mean of the two views' projections (the official code). clean: a
+    # departure, the un-augmented image through the network without grad (needs augment.clean_view=true), as
+    # CoKe's method.clean_view.assign_on=clean; the losses still train the two views on its labels.
+    assign_on: str = "views"
     # The official code runs each view through the network alone, so BatchNorm normalises each view with its own
     # batch statistics; false: both views in one batch (this project's other two-view methods).
     separate_view_batches: bool = True
@@ -49,7 +61,12 @@ class SeCu(PretrainModule):
         m = self.method_cfg
         if self.cfg.augment.num_large_crops != 2 or self.cfg.augment.num_small_crops:
             raise ValueError("secu needs exactly two views: augment.num_large_crops=2, augment.num_small_crops=0")
+        if m.assign_on not in ("views", "clean"):
+            raise ValueError(f"method.assign_on must be views or clean, got {m.assign_on!r}")
+        if m.assign_on == "clean" and not self.cfg.augment.clean_view:
+            raise ValueError("method.assign_on=clean needs the un-augmented image: set augment.clean_view=true")
         self.zero_lr_epochs = m.init_epochs
+        self.schedule_epoch_images = m.schedule_epoch_images
         dim = self.cfg.model.proj_output_dim
         sizes = list(m.num_clusters)
         self.projection = self.projector(dim)
@@ -62,8 +79,14 @@ class SeCu(PretrainModule):
         self.register_buffer("counts", torch.zeros(sum(sizes), dtype=torch.int64))  # this epoch's cluster sizes
         self.register_buffer("label_memory", torch.full((data_info["num_train"], len(sizes)), -1))
         self.register_buffer("changed", torch.zeros(len(sizes), dtype=torch.int64))  # labels changed this epoch
+        # Each instance's class, filled as batches pass: for the dashboard's NMI only.
+        self.register_buffer("instance_classes", torch.full((data_info["num_train"],), -1), persistent=False)
         # Every rank applies the same update to the same gathered labels: nothing to broadcast.
-        self._ddp_params_and_buffers_to_ignore = list(STATE)
+        self._ddp_params_and_buffers_to_ignore = list(STATE + DASHBOARD)
+
+    def rate_scale(self, batch: int) -> float:
+        """centre and dual lr multiplier for a step over `batch` images (all ranks)."""
+        return batch / self.method_cfg.rates_at_batch if self.method_cfg.rates_at_batch else 1.0
 
     def encode_views(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
         if self.method_cfg.separate_view_batches:
@@ -71,7 +94,9 @@ class SeCu(PretrainModule):
         return super().encode_views(views)
 
     def own_param_groups(self) -> list[dict]:
-        return [{"params": [self.centers], "lr": self.method_cfg.center_lr, "scheduled": False,
+        # Plain SGD under any optim.name=lars too ("lars": False), as the official optimiser (idstcv/SeCu main.py).
+        lr = self.method_cfg.center_lr * self.rate_scale(self.global_batch_size())
+        return [{"params": [self.centers], "lr": lr, "scheduled": False, "lars": False,
                  "weight_decay": self.cfg.optim.weight_decay, "name": "centers"}]
 
     def on_train_epoch_start(self) -> None:
@@ -79,30 +104,41 @@ class SeCu(PretrainModule):
             self.epoch_centers.copy_(F.normalize(self.centers, dim=1))
 
     @torch.no_grad()
-    def cluster_step(self, x_mean: torch.Tensor, centers: torch.Tensor, index: torch.Tensor):
-        """Assign this rank's rows; update the duals, sizes and label memory from every rank's labels.
+    def cluster_step(self, x_mean: torch.Tensor, centers: torch.Tensor, index: torch.Tensor,
+                     classes: torch.Tensor | None = None):
+        """Assign this rank's rows; update the duals, sizes and label memory from every rank's labels (and the
+        dashboard's classes, when given).
 
         Returns (B, H) global labels: this step's, and the targets' (the previous epoch's; this step's in epoch 0).
         """
         m = self.method_cfg
         labels, _ = assign(x_mean.float(), centers.float(), self.duals, self.offsets, kernel=m.kernel)
         all_labels, ids = gather_no_grad(labels), gather_no_grad(index)
-        self.duals.copy_(size_dual_step(self.duals, all_labels, self.dual_targets, m.dual_lr, clamp=m.ratio < 1))
+        dual_lr = m.dual_lr * self.rate_scale(all_labels.shape[0])
+        self.duals.copy_(size_dual_step(self.duals, all_labels, self.dual_targets, dual_lr, clamp=m.ratio < 1))
         self.counts += label_histogram(all_labels, self.counts.shape[0])
         previous, before = self.label_memory[index], self.label_memory[ids]
         self.changed += ((before >= 0) & (before != all_labels)).sum(0)
         self.label_memory[ids] = all_labels[first_occurrence_rows(ids)]  # padded duplicates all write one value
-        if self.current_epoch == 0:  # no previous epoch: the targets use this step's labels
+        if classes is not None:
+            self.instance_classes[ids] = gather_no_grad(classes)
+        # No previous epoch: the targets use this step's labels (idstcv/SeCu builder.py, `epoch == 0`). A frozen
+        # phase longer than an epoch (a subset) targets the previous epoch's labels from its second epoch on.
+        if self.current_epoch == 0:
             previous = self.label_memory[index]
         return labels, previous
 
     def training_loss(self, batch: dict, feats: list[torch.Tensor]) -> torch.Tensor:
         m = self.method_cfg
         z1, z2 = (self.projection(f) for f in feats)
+        if m.assign_on == "clean":
+            with torch.no_grad():
+                clean = self.projection(self(batch["clean_view"]))
         with torch.autocast(z1.device.type, enabled=False):  # logits over T = 0.05: bf16 would blur them
             x1, x2 = (F.normalize(z.float(), dim=1) for z in (z1, z2))
+            assigned = F.normalize(clean.float(), dim=1) if m.assign_on == "clean" else (x1 + x2) / 2
             centers = F.normalize(self.centers, dim=1)
-            labels, targets = self.cluster_step((x1 + x2) / 2, centers, batch["index"])
+            labels, targets = self.cluster_step(assigned, centers, batch["index"], batch.get("fine"))
             loss_c = (center_loss(x1, centers, labels, self.offsets, m.center_temperature)
                       + center_loss(x2, centers, labels, self.offsets, m.center_temperature)) / 2
             loss_x = representation_loss(x1 @ self.epoch_centers.T / m.temperature,
@@ -112,7 +148,9 @@ class SeCu(PretrainModule):
         return loss_x + loss_c
 
     def on_train_epoch_end(self) -> None:
-        """Per head: the smallest cluster over the mean size (the bound is r); the duals' max; label churn."""
+        """Per head: the smallest cluster over the mean size (the bound is r). The duals' max; label churn; the
+        mean raw centre norm (the centres' effective lr falls as its square grows); the first head's NMI with the
+        classes."""
         super().on_train_epoch_end()
         logs = {}
         for head, s in enumerate(head_slices(self.offsets)):
@@ -121,6 +159,11 @@ class SeCu(PretrainModule):
         seen = self.counts[: self.offsets[1]].sum().clamp_min(1)
         logs["secu/changed"] = self.changed.float().mean() / seen
         logs["secu/dual_max"] = self.duals.max()
+        logs["secu/center_norm"] = self.centers.detach().norm(dim=1).mean()
+        known = (self.instance_classes >= 0) & (self.label_memory[:, 0] >= 0)
+        if known.any():
+            logs["secu/h0_nmi_fine"] = normalized_mutual_info_score(self.label_memory[known, 0],
+                                                                    self.instance_classes[known]).float()
         self.log_dict(logs, rank_zero_only=True)
         self.counts.zero_()
         self.changed.zero_()

@@ -4,7 +4,8 @@ Codes come from the large crops only; every other crop (the other large one and 
 views) predicts them. The prototypes are renormalised before every step and get no update for the first
 ``freeze_prototypes_iters`` steps. With small batches the codes are near uniform and the loss sits at
 ln K: the optional queue of past embeddings (per rank, as in SwAV; kept out of DDP's buffer broadcast)
-joins the Sinkhorn batch once it is full.
+joins the Sinkhorn batch once it is full. Whether it is full is known on the host (a count kept next to the
+buffer ``queue_count``), so no step waits for the device to ask.
 """
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ from ops.sinkhorn import sinkhorn
 from ops.swav import swav_loss
 
 LARGE_CROPS = 2
+
+
+def _mirror_queue_count(module: "SwAV", incompatible_keys) -> None:
+    """After a state dict is loaded: the host's copy of the loaded ``queue_count`` (read once, outside the steps)."""
+    module._queue_written = int(module.queue_count)
 
 
 @dataclass
@@ -45,6 +51,10 @@ class SwAV(PretrainModule):
         self.register_buffer("queue", torch.zeros(LARGE_CROPS, self.method_cfg.queue_length, dim))
         self.register_buffer("queue_count", torch.zeros((), dtype=torch.long))  # embeddings written so far
         self._ddp_params_and_buffers_to_ignore = ["queue", "queue_count"]
+        # ``queue_count`` on the host: kept by enqueue, and read from the buffer once whenever a state dict is loaded
+        # (a resume or a warm start), never inside a step.
+        self._queue_written = 0
+        self.register_load_state_dict_post_hook(_mirror_queue_count)  # a function, so the module pickles (ddp_spawn)
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         with torch.no_grad():
@@ -58,7 +68,7 @@ class SwAV(PretrainModule):
         return self.queue.shape[1] > 0 and self.current_epoch >= self.method_cfg.queue_start_epoch
 
     def queue_in_use(self) -> bool:
-        return self.queue_started() and self.queue_count.item() >= self.queue.shape[1]
+        return self.queue_started() and self._queue_written >= self.queue.shape[1]
 
     @torch.no_grad()
     def codes(self, scores: torch.Tensor, crop: int, use_queue: bool) -> torch.Tensor:
@@ -77,6 +87,7 @@ class SwAV(PretrainModule):
         for crop, z in enumerate(newest):
             self.queue[crop, rows] = z.detach().to(self.queue.dtype)
         self.queue_count += newest[0].shape[0]
+        self._queue_written += newest[0].shape[0]
 
     def training_loss(self, batch: dict, feats: list[torch.Tensor]) -> torch.Tensor:
         embeddings = [F.normalize(self.projection(f), dim=1) for f in feats]

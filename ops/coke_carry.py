@@ -23,9 +23,3 @@ class CarriedMembers:
 
     def carried(self, counters: torch.Tensor) -> torch.Tensor:
         return torch.floor(counters * self.fraction).to(torch.int64)
-
-
-def carry_rule(fraction: float) -> EpochReset | CarriedMembers:
-    if fraction == 0:
-        return EpochReset()
-    return CarriedMembers(fraction)

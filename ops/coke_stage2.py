@@ -14,8 +14,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .coke_update import update_clusters_, update_running_means_
-
 
 def faithful_slot_update(labels: torch.Tensor, weights: torch.Tensor, new_labels: torch.Tensor,
                          fraction: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,21 +65,20 @@ def moving_average_centers(averaged: torch.Tensor, epoch_centers: torch.Tensor,
     return F.normalize((1 - fraction) * averaged + fraction * F.normalize(epoch_centers, dim=1), dim=1)
 
 
-class Stage1(torch.nn.Module):
-    """No last stage (stage2_epochs = 0), and the rules every strategy follows before its stage begins: assign and
-    update against the online centres, freeze them for the loss at each epoch end. Holds no buffers."""
+class OnlineCenters(torch.nn.Module):
+    """The paper's centres (docs/algorithm.md §1.1-1.4), and the rules every stage-2 rule follows before its stage
+    begins: assign against the online centres C, update them as normalised running means (`update_clusters_`),
+    freeze them as C_prev for the loss at each epoch end. With no last stage (stage2_epochs = 0) it is the whole rule.
+    Holds no buffers."""
 
     started = False  # host flag: `CokeState.step` never reads a device value to pick its branch
+    exact_means = False  # stage 2 (faithful): the online centres are exact running means (`update_running_means_`)
 
     def begin(self) -> None:
         raise RuntimeError("stage 2 needs stage2_slots > 0 and a stage-2 rule at construction")
 
     def assign_centers(self, state) -> torch.Tensor:
         return state.centers
-
-    def update_centers(self, state, x, labels, counts, target, kernel: str) -> None:
-        update_clusters_(x, labels, counts, state.centers, state.counters, state.duals, target,
-                         dual_lr=state.dual_lr, clamp=state.ratio < 1.0, kernel=kernel)
 
     def record(self, index: torch.Tensor, new_labels: torch.Tensor) -> None:
         pass
@@ -96,7 +93,12 @@ class Stage1(torch.nn.Module):
         raise RuntimeError("no stage-2 slots: stage2_epochs is 0")
 
 
-class _Slots(Stage1):
+def _mirror_started(module: "_Slots", incompatible_keys) -> None:
+    """After a load: the host copy of `stage2_started`, read once here instead of in every step."""
+    module.started = bool(module.stage2_started)
+
+
+class _Slots(OnlineCenters):
     """Buffers both rules share: per instance and head, `slots` labels; whether the stage began; its epochs ended."""
 
     def __init__(self, num_instances: int, num_heads: int, slots: int):
@@ -104,11 +106,8 @@ class _Slots(Stage1):
         self.register_buffer("slot_labels", torch.full((num_instances, num_heads, slots), -1, dtype=torch.int32))
         self.register_buffer("stage2_started", torch.zeros((), dtype=torch.bool))
         self.register_buffer("center_epochs", torch.zeros((), dtype=torch.int64))  # stage-2 epochs ended
-        self.register_load_state_dict_post_hook(lambda module, keys: module._mirror_started())
+        self.register_load_state_dict_post_hook(_mirror_started)  # a function, not a lambda: ddp_spawn pickles it
         self.started = False
-
-    def _mirror_started(self) -> None:
-        self.started = bool(self.stage2_started)
 
     @torch.no_grad()
     def begin(self) -> None:
@@ -139,11 +138,9 @@ class OfficialStage2(_Slots):
     def assign_centers(self, state) -> torch.Tensor:
         return state.prev_centers if self.started else state.centers
 
-    def update_centers(self, state, x, labels, counts, target, kernel: str) -> None:
-        if not self.started:
-            return super().update_centers(state, x, labels, counts, target, kernel)
-        update_running_means_(x, labels, counts, state.centers, state.counters, state.duals, target, state.offsets,
-                              dual_lr=state.dual_lr, clamp=state.ratio < 1.0)
+    @property
+    def exact_means(self) -> bool:
+        return self.started
 
     def record(self, index: torch.Tensor, new_labels: torch.Tensor) -> None:
         if self.started:  # copies of one id carry the same label; they all write the same result once
@@ -201,12 +198,14 @@ STAGE2_BUFFERS = ("slot_labels", "stage2_started", "center_epochs", "slot_weight
                   "center_sum")
 
 
-def stage2_strategy(rule: str, slots: int, num_instances: int, num_clusters: int, dim: int, num_heads: int) -> Stage1:
-    """The strategy object of a rule name; `Stage1` when there are no slots (no last stage)."""
+def stage2_strategy(rule: str, slots: int, num_instances: int, num_clusters: int, dim: int,
+                    num_heads: int) -> OnlineCenters:
+    """The rule object of a rule name, for a `CokeState` built without one (lightning_modules/coke/compose.py builds
+    the config's); `OnlineCenters` when there are no slots (no last stage)."""
     if rule not in STAGE2_RULES:
         raise ValueError(f"stage2_rule must be one of {tuple(STAGE2_RULES)}, got {rule!r}")
     if slots <= 0:
-        return Stage1()
+        return OnlineCenters()
     if rule == "faithful":
         return OfficialStage2(num_instances, num_heads, slots)
     return EarlierStage2(num_instances, num_heads, slots, num_clusters, dim)

@@ -17,9 +17,9 @@ Rules this module fixes (the official code leaves them open; docs/algorithm.md �
   r * N_c / K_c holds inside each superclass.
 - Stage 2 (one view, last stage), when `stage2_slots` > 0: every instance keeps, per head, up to
   S (label, weight) slots, and the soft target is softmax(weight / T) over the slots with weight > 0.
-  Call `begin_stage2()` when the last stage starts. `stage2_rule` names the strategy object that owns
-  the slots and changes the assignment and the centres (ops/coke_stage2.py: "faithful" is the official
-  code's `OfficialStage2`, "legacy" this project's earlier `EarlierStage2`); it lives at `self.stage2`.
+  Call `begin_stage2()` when the last stage starts. The rule object at `self.stage2` owns the slots and picks the
+  centres the assignment and the loss use (ops/coke_stage2.py: `OnlineCenters` without a last stage, the official
+  code's `OfficialStage2` for "faithful", this project's earlier `EarlierStage2` for "legacy").
 """
 from __future__ import annotations
 
@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 
 from .assign import assign, to_local_labels
-from .coke_carry import carry_rule
+from .coke_carry import CarriedMembers, EpochReset
 from .coke_partition import partition_clusters
-from .coke_stage2 import STAGE2_BUFFERS, slot_soft_targets, stage2_strategy
+from .coke_stage2 import STAGE2_BUFFERS, OnlineCenters, slot_soft_targets, stage2_strategy
+from .coke_update import update_clusters_, update_running_means_
 
 
 def first_occurrence_rows(index: torch.Tensor) -> torch.Tensor:
@@ -74,10 +75,12 @@ class CokeState(torch.nn.Module):
         superclass_sizes: Sequence[int] | None = None,
         center_carry: float = 0.0,
         stage2_rule: str = "faithful",
+        stage2: OnlineCenters | None = None,
+        carry: EpochReset | CarriedMembers | None = None,
     ):
-        super().__init__()
+        super().__init__()  # `stage2`, `carry`: the config's rule objects (coke/compose.py); else built from the names
         self.center_carry = float(center_carry)
-        self.carry = carry_rule(self.center_carry)
+        self.carry = carry or (CarriedMembers(self.center_carry) if self.center_carry else EpochReset())
         self.stage2_rule = stage2_rule
         self.num_clusters = [int(k) for k in num_clusters]
         self.offsets = [0]
@@ -108,7 +111,8 @@ class CokeState(torch.nn.Module):
         head_size = torch.cat([torch.full((k,), float(k)) for k in self.num_clusters])
         self.register_buffer("head_size_of_cluster", head_size, persistent=False)
         self._init_superclasses(superclass_sizes)
-        self.stage2 = stage2_strategy(stage2_rule, self.stage2_slots, num_instances, total, dim, heads)
+        self.stage2 = stage2 if stage2 is not None else stage2_strategy(
+            stage2_rule, self.stage2_slots, num_instances, total, dim, heads)
         self._register_load_state_dict_pre_hook(_stage2_keys_moved)
 
     def _init_superclasses(self, superclass_sizes):
@@ -142,14 +146,20 @@ class CokeState(torch.nn.Module):
             coarse = None
         kernel = self.kernel if self.kernel != "auto" else ("triton" if x.is_cuda else "torch")
 
-        prev_labels = self.label_memory[index]
+        prev_labels = self.label_memory[index]  # y^{t-1}: read before this step writes y^t (§1.5)
+        # §1.1 y_i = argmax_k x_i·c_k + ρ_k: the duals ρ hold every cluster above its size bound r·N/K
         labels, counts = assign(
             x, self.stage2.assign_centers(self), self.duals,
             self.head_offsets if kernel == "triton" else self.offsets,
             row_ranges=None if coarse is None else self.row_ranges(coarse),
             kernel=kernel, max_scores=self.max_scores, precision=self.precision)
-        target = self.dual_target(coarse, x.shape[0])
-        self.stage2.update_centers(self, x, labels, counts, target, kernel)
+        target, clamp = self.dual_target(coarse, x.shape[0]), self.ratio < 1.0  # r / K; no clamp at r = 1
+        if self.stage2.exact_means:  # §2: in the official last stage the online centres are exact running means
+            update_running_means_(x, labels, counts, self.centers, self.counters, self.duals, target, self.offsets,
+                                  dual_lr=self.dual_lr, clamp=clamp)
+        else:  # §1.2 dual step ρ_k ← max(0, ρ_k + η(r/K − n_k/B)); §1.3 c_k ← normalize(m_k c_k + Σ x_i)
+            update_clusters_(x, labels, counts, self.centers, self.counters, self.duals, target,
+                             dual_lr=self.dual_lr, clamp=clamp, kernel=kernel)
 
         new_labels = to_local_labels(labels, self.head_offsets)[first_occurrence_rows(index)]
         self._track_epoch(prev_labels, new_labels, target, x.shape[0])
@@ -213,8 +223,7 @@ class CokeState(torch.nn.Module):
         self.counters.zero_()
         self.carried.zero_()
 
-    def begin_stage2(self) -> None:
-        """Start the stage-2 averages afresh (call when the one-view last stage begins)."""
+    def begin_stage2(self) -> None:  # start the stage-2 averages afresh, when the one-view last stage begins
         self.stage2.begin()
 
     @property

@@ -65,7 +65,7 @@ CASES = {
                                       "method.soft_target.sinkhorn_iterations=3"]),
     "contrast_only": ("coke_cifar10", ["method.instance_term.weight=1.0", "method.instance_term.cluster_weight=0.0"]),
     "balanced_nopred": ("coke_cifar10_paper", ["method.ratio=1.0", "method.proj_last_bn=false",
-                                               "model.pred_hidden_dim=0", "method.projection_weight=0.5"]),
+                                               "model.pred_hidden_dim=0"]),
 }
 # Old-layout checkpoints (tests/fixtures/coke_old_<name>.ckpt), saved after 3 of 4 epochs by the code before the
 # package, with a 22k-parameter backbone; their fourth epoch, resumed, is recorded as case <name>.

@@ -46,20 +46,42 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture
-def rng(request):
-    """A torch.Generator of this test's own, seeded from its node id: its draws do not depend on which tests ran
-    before it on the same worker. The global torch RNG is seeded the same way for the test and restored after it.
-    The seed is printed, so a failing test's report shows it (COKE_RNG_SEED=N reruns a test under another seed)."""
+def _test_seed(request) -> int:
     import zlib
 
+    return int(os.environ.get("COKE_RNG_SEED") or zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture(autouse=True)
+def seeded_global_rngs(request):
+    """Every test starts its global RNGs (torch, NumPy, random) from a seed of its own node id and leaves them as it
+    found them: an unseeded draw in a test gives the same numbers whichever tests ran before it on its worker."""
+    import random
+
+    import numpy as np
     import torch
 
-    seed = int(os.environ.get("COKE_RNG_SEED") or zlib.crc32(request.node.nodeid.encode()))
-    print(f"random seed of {request.node.nodeid}: {seed} (COKE_RNG_SEED={seed} reruns it)")
+    seed = _test_seed(request)
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        yield torch.Generator().manual_seed(seed)
+        yield
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
+
+
+@pytest.fixture
+def rng(request):
+    """A torch.Generator of this test's own, seeded from its node id (the global RNGs are seeded the same way, by
+    `seeded_global_rngs`). The seed is printed, so a failing test's report shows it (COKE_RNG_SEED=N reruns a test
+    under another seed)."""
+    import torch
+
+    seed = _test_seed(request)
+    print(f"random seed of {request.node.nodeid}: {seed} (COKE_RNG_SEED={seed} reruns it)")
+    yield torch.Generator().manual_seed(seed)
 
 
 @pytest.fixture(scope="session")

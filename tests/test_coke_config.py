@@ -93,6 +93,36 @@ def test_a_bad_combination_is_refused_at_load(overrides, message):
         load(ONE_VIEW, *overrides)
 
 
+@pytest.mark.parametrize("overrides, keys", [
+    (["method.stage2_epochs=2", "augment.num_large_crops=2"], ["method.stage2_epochs", "augment.num_large_crops=1"]),
+    (["augment.num_large_crops=3"], ["augment.num_large_crops=3", "augment.num_small_crops"]),
+    (["method.projection_weight=0.5", "model.pred_hidden_dim=0"],
+     ["method.projection_weight=0.5", "model.pred_hidden_dim", "method.projection_weight=0"]),
+])
+def test_a_silent_combination_is_refused_at_load_naming_the_keys_and_the_fix(overrides, keys):
+    with pytest.raises(ConfigError) as refused:
+        load(ONE_VIEW, *overrides)
+    message = str(refused.value)
+    assert all(key in message for key in keys) and "\n" not in message, message
+
+
+def test_projection_weight_with_a_predictor_loads():
+    assert load(ONE_VIEW, "method.projection_weight=0.5").method.projection_weight == 0.5
+
+
+def test_a_coke_key_out_of_range_is_refused_by_the_rules():
+    with pytest.raises(ConfigError, match=r"method\.soft_target\.weight=2\.0` is out of range"):
+        load(ONE_VIEW, *CLEAN, "method.clean_view.assign_on=clean", "method.soft_target.weight=2.0")
+
+
+def test_the_method_reads_its_plain_config_back_as_enums():
+    """train.py hands the method plain containers; `typed` (the method's boundary) gives the parts the Enums."""
+    from lightning_modules.coke.config import CoKeConfig, Stage2Rule, ViewLoss, typed
+
+    m = typed(to_plain(load(ONE_VIEW, "method.view_loss=faithful", "method.stage2_rule=legacy"))["method"])
+    assert isinstance(m, CoKeConfig) and m.view_loss is ViewLoss.faithful and m.stage2_rule is Stage2Rule.legacy
+
+
 def test_print_config_refuses_a_bad_combination(capsys):
     import train
     from lightning_modules.run.cli_errors import run_cli

@@ -11,20 +11,19 @@ The loss-level SimCLR / MoCo v3 checks are in test_gather_ddp.py.
 from __future__ import annotations
 
 import os
-import subprocess
+import shutil
 import sys
 import textwrap
-import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from test_gather_ddp import SPAWN_TIMEOUT_S, WORLD, _free_port
+from ports import file_init_method, run_retrying_on_address_in_use, spawn_and_wait
+from test_gather_ddp import SPAWN_TIMEOUT_S, WORLD
 
 # Multi-process tests share one xdist worker (`--dist loadgroup`): never two process groups at once on 2 cores.
 pytestmark = pytest.mark.xdist_group("multiprocess")
@@ -121,9 +120,9 @@ def recording_collectives() -> list[tuple]:
     return calls
 
 
-def _worker(process_rank: int, port: int, out_dir: str) -> None:
+def _worker(process_rank: int, init_method: str, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=process_rank, world_size=WORLD,
+    dist.init_process_group("gloo", init_method=init_method, rank=process_rank, world_size=WORLD,
                             timeout=timedelta(seconds=SPAWN_TIMEOUT_S))
     try:
         calls = recording_collectives()
@@ -137,13 +136,7 @@ def _worker(process_rank: int, port: int, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def per_rank(tmp_path_factory) -> list[dict]:
     out_dir = tmp_path_factory.mktemp("coke-ddp")
-    context = mp.spawn(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, join=False)
-    deadline = time.monotonic() + 3 * SPAWN_TIMEOUT_S
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail(f"the {WORLD} gloo workers did not finish in time")
+    spawn_and_wait(_worker, (file_init_method(out_dir), str(out_dir)), WORLD, 3 * SPAWN_TIMEOUT_S)
     return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
@@ -258,7 +251,6 @@ def write_image_folder(root: Path, cifar10) -> None:
 def test_ddp_spawn_fit_keeps_ranks_identical_and_label_memory_consistent(tmp_path, cifar10):
     write_image_folder(tmp_path / "images", cifar10)
     out = tmp_path / "out"
-    out.mkdir()
     (tmp_path / "driver.py").write_text(DRIVER)
     args = [
         ONE_VIEW, "model.backbone=test_resnet", "model.cifar_stem=false", "model.proj_hidden_dim=64",
@@ -273,8 +265,15 @@ def test_ddp_spawn_fit_keeps_ranks_identical_and_label_memory_consistent(tmp_pat
     # capture this fresh (rank-0) launch.
     env = dict(os.environ)
     env.update(PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(tmp_path / "driver.py"), str(out), *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=900)  # a hang guard; ~80 s on idle cores
+
+    def fresh_try():  # Lightning picks its port itself (bound, released, bound again): a try that lost it is rerun
+        for folder in (out, tmp_path / "runs"):
+            shutil.rmtree(folder, ignore_errors=True)
+        out.mkdir()
+
+    proc = run_retrying_on_address_in_use(
+        [sys.executable, str(tmp_path / "driver.py"), str(out), *args], fresh_try, cwd=REPO, env=env,
+        capture_output=True, text=True, timeout=900)  # a hang guard; ~80 s on idle cores
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
     ckpt_path = next((tmp_path / "runs" / "ddp").glob("*/checkpoints/last.ckpt"))

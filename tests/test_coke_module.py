@@ -142,6 +142,32 @@ def test_one_view_loss_is_ce_against_frozen_centres_and_previous_labels(cifar10)
     assert next(module.backbone.parameters()).grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("config, overrides, chosen", [
+    (ONE_VIEW, [], {"views": "OneView", "assign_encoder": "ViewAssignment", "last_stage": "NoLastStage",
+                    "stage2": "OnlineCenters", "carry": "EpochReset"}),
+    (ONE_VIEW, ["method.stage2_epochs=2", "method.stage2_rule=legacy", "method.carried_members.fraction=0.5"],
+     {"last_stage": "OfficialLastStage", "stage2": "EarlierStage2", "carry": "CarriedMembers"}),
+    (TWO_VIEW, ["method.view_loss=faithful", "method.target.label=current"],
+     {"views": "OfficialTwoViewLoss", "target": "CurrentLabel", "stage2": "OnlineCenters"}),
+])
+def test_compose_fills_each_slot_from_the_configs_enums(config, overrides, chosen):
+    """The method converts its plain config at its boundary: compose.py picks each part by the config's Enums and
+    returns the typed `Parts`; the clustering's rule objects come from compose.py too."""
+    from lightning_modules.coke import compose
+    from lightning_modules.coke.config import CoKeConfig, typed
+
+    cfg = coke_cfg(config, "method.num_clusters=[6,9]", *overrides)
+    m = typed(cfg["method"])
+    assert isinstance(m, CoKeConfig) and not isinstance(m.stage2_rule, str)
+    run = compose.Run(cfg["augment"]["num_large_crops"], True, False, 0, cfg["model"]["proj_output_dim"])
+    parts = compose.build(m, run, {"num_train": 20, "num_fine": 10, "num_coarse": 2}, CoKe(cfg, {
+        "num_train": 20, "num_fine": 10, "num_coarse": 2}))
+    assert isinstance(parts, compose.Parts)
+    found = {"views": parts.views, "assign_encoder": parts.assignment, "last_stage": parts.last_stage,
+             "target": parts.target, "stage2": parts.clustering.stage2, "carry": parts.clustering.carry}
+    assert {slot: type(found[slot]).__name__ for slot in chosen} == chosen
+
+
 def test_two_view_loss_is_alpha_one_hot_plus_swapped_soft_ce(cifar10):
     """view_loss=legacy; the official (faithful) loss is checked in test_coke_faithful.py."""
     module = CoKe(coke_cfg(TWO_VIEW, "method.num_clusters=[6,9]", "method.view_loss=legacy"),

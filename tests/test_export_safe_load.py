@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 import evaluate
 from lightning_modules.backbone import build_backbone
-from lightning_modules.evaluation.checkpoints import build_eval_backbone, load_source
-from lightning_modules.evaluation.safe_load import UnsafeCheckpointError
+from lightning_modules.checkpoints.safe_load import UnsafeCheckpointError
+from lightning_modules.checkpoints.sources import build_eval_backbone, load_source
 from test_evaluate import run_eval, write_checkpoint
 
 

@@ -16,8 +16,8 @@ import torch
 
 from fault_runs import (args_for, assert_same_weights, cli, copy_run, failing_writes, fault_tree,  # noqa: F401
                         last_paragraph, simclr_reference, snapshot)
-from lightning_modules.run.atomic_save import (STALE_AFTER_SECONDS, TEMP_SUFFIX, remove_stale_temp_files,
-                                                 size_in_words)
+from lightning_modules.checkpoints.atomic_save import (STALE_AFTER_SECONDS, TEMP_SUFFIX, remove_stale_temp_files,
+                                                       size_in_words)
 from tiny_data import run_dirs
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,20 +12,18 @@ One spawn runs every scenario (starting processes dominates the cost); each test
 """
 from __future__ import annotations
 
-import socket
-import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from ops.contrastive import moco_v3_loss, nt_xent
 from ops.distributed import all_reduce_sum, gather_no_grad, rank, world_size
 from ops.sinkhorn import sinkhorn
 from ops.supervised import supcon_loss
+from ports import file_init_method, spawn_and_wait
 
 # Multi-process tests share one xdist worker (`--dist loadgroup`): never two process groups at once on 2 cores.
 pytestmark = pytest.mark.xdist_group("multiprocess")
@@ -98,11 +96,11 @@ SCENARIOS = {
 }
 
 
-def _worker(process_rank: int, port: int, inputs: dict[str, torch.Tensor], out_dir: str) -> None:
+def _worker(process_rank: int, init_method: str, inputs: dict[str, torch.Tensor], out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
+        init_method=init_method,  # a file in the test's tmp folder (tests/ports.py): no port to race for
         rank=process_rank,
         world_size=WORLD,
         timeout=timedelta(seconds=SPAWN_TIMEOUT_S),
@@ -114,12 +112,6 @@ def _worker(process_rank: int, port: int, inputs: dict[str, torch.Tensor], out_d
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def inputs():
     return make_inputs()
@@ -128,13 +120,7 @@ def inputs():
 @pytest.fixture(scope="module")
 def per_rank(inputs, tmp_path_factory) -> list[dict]:
     out_dir = tmp_path_factory.mktemp("ddp")
-    context = mp.spawn(_worker, args=(_free_port(), inputs, str(out_dir)), nprocs=WORLD, join=False)
-    deadline = time.monotonic() + SPAWN_TIMEOUT_S
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail(f"the {WORLD} gloo workers did not finish within {SPAWN_TIMEOUT_S} s")
+    spawn_and_wait(_worker, (file_init_method(out_dir), inputs, str(out_dir)), WORLD, SPAWN_TIMEOUT_S)
     return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
 
 

@@ -1,6 +1,10 @@
 """benchmarks/gpu_suite.sh off the GPU: --prepare fills the carried folder and prints the device call; --dry-run
 runs every stage at tiny sizes on the CPU and writes the summary, so the GPU run's plumbing cannot rot between GPU
-sessions."""
+sessions.
+
+--prepare copies the GPU wheels from outside the repository (../shared/wheels/gpu-py312, beside the shared data):
+like missing data (tests/conftest.py), missing wheels skip the test locally but fail it under CI=true. The dry runs
+need no wheels (they use the current environment), only the data, which the fixtures require the same way."""
 import os
 import subprocess
 import tarfile
@@ -26,16 +30,38 @@ def stage_table(summary: str) -> dict[str, str]:
     return {name.strip(): status.strip() for name, status in rows}
 
 
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_wheels(folder: Path = WHEELS) -> Path:
+    """The GPU wheels folder with its wheels; without them a skip locally, a failure under CI=true."""
+    if not sorted(folder.glob("*.whl")):
+        message = f"no GPU wheels at {folder} (see ../shared/wheels/README.md): --prepare has nothing to copy"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    return folder
+
+
+@pytest.mark.parametrize("ci", ["true", ""])
+def test_missing_wheels_fail_under_ci_and_skip_only_locally(ci, tmp_path, monkeypatch):
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(pytest.fail.Exception if ci else pytest.skip.Exception, match="no GPU wheels"):
+        require_wheels(tmp_path / "nothing-here")
+    (tmp_path / "some.whl").write_bytes(b"")
+    assert require_wheels(tmp_path) == tmp_path
+
+
 def test_prepare_fills_the_carried_folder_and_prints_the_device_call(tmp_path, cifar10_tar):
-    if not WHEELS.is_dir():
-        pytest.skip(f"no GPU wheels at {WHEELS}")
+    wheels = require_wheels()
     env = {**os.environ, "GPU_DIR": str(tmp_path / ".gpu"), "CIFAR_SRC": str(cifar10_tar)}
     result = subprocess.run(["bash", str(SUITE), "--prepare"], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert '{"command": "bash benchmarks/gpu_suite.sh", "carry": [".gpu"], "timeout_s": 600}' in result.stdout
     assert (tmp_path / ".gpu" / "data" / "cifar10-jpeg.tar.gz").stat().st_size == cifar10_tar.stat().st_size
     copied = sorted(p.name for p in (tmp_path / ".gpu" / "wheels").iterdir())
-    assert copied == sorted(p.name for p in WHEELS.glob("*.whl"))
+    assert copied == sorted(p.name for p in wheels.glob("*.whl"))
 
 
 @pytest.mark.slow

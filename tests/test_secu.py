@@ -1,9 +1,11 @@
 """SeCu: its update rules against hand-computed references on small tensors, the module's wiring on real CIFAR-10
-images, and a tiny real fit through train.main that logs finite losses and resumes with its exact state."""
+images, its schedule and optimiser (the official shape counted in images, rates per image, centres never under
+LARS), and a tiny real fit through train.main that logs finite losses and resumes with its exact state."""
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -104,10 +106,23 @@ def test_representation_loss_is_swapped_mixed_ce_and_only_the_student_learns():
 
 
 # ------------------------------------------------------------------------------------ the module
-def _module(*overrides: str) -> SeCu:
-    cfg = to_plain(load_config(CONFIG, [*TINY, "method.num_clusters=[3,2]", "method.kernel=torch", *overrides],
+def _module(*overrides: str, tiny: bool = True, num_train: int = 20) -> SeCu:
+    """tiny=False: the shipped config as it is but for the small backbone (its schedule and optimiser)."""
+    base = TINY if tiny else ["model.backbone=test_resnet", "model.cifar_stem=false"]
+    cfg = to_plain(load_config(CONFIG, [*base, "method.num_clusters=[3,2]", "method.kernel=torch", *overrides],
                                {"secu": SeCu.Config}))
-    return SeCu(cfg, {"num_train": 20, "num_fine": 10, "num_coarse": 2})
+    return SeCu(cfg, {"num_train": num_train, "num_fine": 10, "num_coarse": 2})
+
+
+def _configure(module: SeCu, steps_per_epoch: int, epochs: int, accumulate: int = 1):
+    """configure_optimizers under a one-device trainer of `epochs` x `steps_per_epoch` optimiser steps; returns the
+    optimiser and {group name: its lr multiplier as a function of the step}."""
+    module.trainer = SimpleNamespace(world_size=1, num_devices=1, num_nodes=1, accumulate_grad_batches=accumulate,
+                                     max_epochs=epochs, estimated_stepping_batches=steps_per_epoch * epochs)
+    configured = module.configure_optimizers()
+    module.trainer = None  # detached again: the module's steps run as in the tests above
+    optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    return optimizer, {g["name"]: f for g, f in zip(optimizer.param_groups, scheduler.lr_lambdas)}
 
 
 @pytest.mark.parametrize("epoch", [0, 1])
@@ -140,9 +155,108 @@ def test_step_assigns_on_the_mean_of_views_and_targets_the_previous_label(cifar1
     torch.testing.assert_close(loss, ref)
     counts = label_histogram(labels, 5)
     torch.testing.assert_close(module.counts, counts.long())
+    dual_lr = 0.1 * 8 / 128  # the official 0.1 per step of 128 images, at 8
     torch.testing.assert_close(module.duals, (torch.tensor([0.0, 0.1, 0.3, 0.2, 0.0])
-                                              + 0.1 * (size_dual_targets([3, 2], 0.9) - counts / 8)).clamp_min(0))
+                                              + dual_lr * (size_dual_targets([3, 2], 0.9) - counts / 8)).clamp_min(0))
     loss.backward()
+    assert module.centers.grad.abs().sum() > 0 and next(module.backbone.parameters()).grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------------- schedule and optimiser
+def test_the_shipped_config_keeps_the_official_schedule_at_batch_128_on_cifar10():
+    """idstcv/SeCu main.py: network lr 0 through epoch 0, a linear warm-up over epochs 1-10, then a cosine; the
+    centres at a constant 1.2. At batch 128 on the 50,000 images an epoch is 390 steps (the last partial batch
+    dropped), and counting the schedule in epochs of 50,000 images changes nothing there."""
+    optimizer, lr = _configure(_module(tiny=False, num_train=50000), 390, 401)
+    net = lr["decay"]
+    assert optimizer.param_groups[0]["initial_lr"] == pytest.approx(0.2)  # 0.4 x 128/256, times the multiplier
+    assert [net(s) for s in (0, 389)] == [0.0, 0.0]
+    assert net(390) == 1 / 3900 and net(390 + 3899) == 1.0  # warm-up: epochs 1-10
+    assert 1.0 > net(390 + 3901) > net(200 * 390) > net(401 * 390 - 1) > 0
+    assert net(200 * 390) == pytest.approx(0.5 * (1 + math.cos(math.pi * (199 * 390 - 3900) / (400 * 390 - 3900))))
+    centers = next(g for g in optimizer.param_groups if g["name"] == "centers")
+    assert centers["lr"] == 1.2 and lr["centers"](0) == lr["centers"](10**5) == 1.0
+    _, run_epochs = _configure(_module("method.schedule_epoch_images=0", tiny=False, num_train=50000), 390, 401)
+    assert all(net(s) == run_epochs["decay"](s) for s in range(0, 401 * 390, 7))  # the schedule of before
+
+
+@pytest.mark.parametrize("images, batch, steps_per_epoch", [(2500, 64, 39), (2500, 128, 19), (50000, 512, 97)])
+def test_the_frozen_phase_and_warm_up_count_official_epochs_of_images(images, batch, steps_per_epoch):
+    """A subset or another batch keeps the official frozen 50,000 images and 500,000 warm-up images, in steps of
+    its own batch: on 2,500 images at batch 64 the network stays at lr 0 for 781 steps (20 epochs of 39)."""
+    epochs = 300
+    _, lr = _configure(_module(f"data.batch_size={batch}", tiny=False, num_train=images), steps_per_epoch, epochs)
+    frozen, warm = 50000 // batch, 10 * (50000 // batch)
+    net = lr["decay"]
+    assert net(frozen - 1) == 0.0 < net(frozen) == 1 / warm
+    assert net(frozen + warm // 2 - 1) == pytest.approx(0.5) and net(frozen + warm - 1) == 1.0
+    assert net(frozen + warm + 1) < 1.0 and net(epochs * steps_per_epoch - 1) < 0.01
+    _, run_epochs = _configure(_module(f"data.batch_size={batch}", "method.schedule_epoch_images=0", tiny=False,
+                                       num_train=images), steps_per_epoch, epochs)
+    assert run_epochs["decay"](steps_per_epoch - 1) == 0.0 < run_epochs["decay"](steps_per_epoch)  # one run epoch
+
+
+@pytest.mark.parametrize("batch, accumulate, rates_at_batch, center_lr, dual_lr", [
+    (128, 1, 128, 1.2, 0.1),  # the official values
+    (64, 1, 128, 0.6, 0.05),
+    (256, 2, 128, 4.8, 0.2),  # 512 images a step; the duals step on every forward of 256
+    (64, 1, 0, 1.2, 0.1),  # per step at any batch
+])
+def test_centre_and_dual_rates_are_per_image(cifar10, batch, accumulate, rates_at_batch, center_lr, dual_lr):
+    module = _module(f"data.batch_size={batch}", f"method.rates_at_batch={rates_at_batch}", num_train=batch)
+    optimizer, _ = _configure(module, 10, 10, accumulate)
+    assert next(g["lr"] for g in optimizer.param_groups if g["name"] == "centers") == pytest.approx(center_lr)
+    module.eval()
+    x = F.normalize(module.projection(module(torch.from_numpy(cifar10[0].images[:batch]).float() / 255)), dim=1)
+    centers = F.normalize(module.centers, dim=1)
+    labels, _ = module.cluster_step(x.detach(), centers.detach(), torch.arange(batch))
+    want = size_dual_step(torch.zeros(5), labels, size_dual_targets([3, 2], 0.9), dual_lr, clamp=True)
+    torch.testing.assert_close(module.duals, want)
+
+
+def test_centres_take_the_plain_sgd_step_under_lars(cifar10):
+    """timm's LARS rescales every group with weight decay; the centres' group steps as torch.optim.SGD (momentum 0.9,
+    weight decay 1e-4, lr 0.6 at batch 64) while the network's decayed weights take timm's LARS step."""
+    from timm.optim import Lars as TimmLars
+
+    module = _module("optim.name=lars", "method.init_epochs=0", num_train=64)  # the network learns from step 0
+    optimizer, _ = _configure(module, 10, 10)
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert type(optimizer).__name__ == "Lars" and groups["decay"]["weight_decay"] == 1e-4
+    assert groups["decay"]["lr"] == pytest.approx(0.1) and groups["centers"]["lr"] == pytest.approx(0.6)
+    images = torch.from_numpy(cifar10[0].images[:64]).float() / 255
+    conv = groups["decay"]["params"][0]
+    centers, conv_ref = (torch.nn.Parameter(p.detach().clone()) for p in (module.centers, conv))
+    sgd = torch.optim.SGD([centers], lr=0.6, momentum=0.9, weight_decay=1e-4)
+    lars = TimmLars([conv_ref], lr=0.1, momentum=0.9, weight_decay=1e-4)
+    for step in range(2):  # the second step runs on the momentum buffer
+        optimizer.zero_grad()
+        feats = [module(images), module(images.flip(3))]
+        module.training_loss({"index": torch.arange(64)}, feats).backward()
+        assert module.centers.grad.abs().sum() > 0
+        centers.grad, conv_ref.grad = module.centers.grad.clone(), conv.grad.clone()
+        before = module.centers.detach().clone()
+        optimizer.step()
+        sgd.step()
+        lars.step()
+        torch.testing.assert_close(module.centers.detach(), centers.detach(), rtol=0, atol=1e-7)
+        torch.testing.assert_close(conv.detach(), conv_ref.detach(), rtol=0, atol=1e-7)
+        assert (module.centers - before).abs().max() > 1e-2  # timm's trust ratio: 2e-4 at the first step
+
+
+def test_the_clean_image_departure_assigns_the_un_augmented_image(cifar10):
+    """method.assign_on=clean (not the official code): the labels come from the clean image, not the views' mean."""
+    with pytest.raises(ValueError, match="augment.clean_view=true"):
+        _module("method.assign_on=clean")
+    module = _module("method.assign_on=clean", "augment.clean_view=true")
+    module.eval()
+    images = torch.from_numpy(cifar10[1].images[:8]).float() / 255
+    index = torch.arange(8)
+    feats = [module(images.flip(3) * 0.7), module(images.flip(2))]
+    module.training_loss({"index": index, "clean_view": images}, feats).backward()
+    scores = F.normalize(module.projection(module(images)), dim=1) @ F.normalize(module.centers, dim=1).T
+    labels = torch.stack([scores[:, :3].argmax(1), scores[:, 3:].argmax(1) + 3], 1)  # duals 0 at the first step
+    assert torch.equal(module.label_memory[index], labels)
     assert module.centers.grad.abs().sum() > 0 and next(module.backbone.parameters()).grad.abs().sum() > 0
 
 
@@ -179,17 +293,19 @@ def last_checkpoint(run_dir: Path) -> dict:
 @pytest.mark.usefixtures("one_thread")
 def test_tiny_fit_logs_finite_losses_keeps_the_centre_lr_and_resumes_exactly(tmp_path, cifar10_tar, cache_dir,
                                                                              monkeypatch):
-    common = ("data.subset=20", "method.num_clusters=[4,8]", "trainer.max_epochs=3",
+    # Official epochs of 320 images: the network's lr-0 phase is 5 steps, and ends inside epoch 1 of 3 steps.
+    common = ("data.subset=20", "method.num_clusters=[4,8]", "trainer.max_epochs=3", "method.schedule_epoch_images=320",
               "trainer.check_val_every_n_epoch=100", "logger.log_every_n_steps=1")
-    steps = 200 // 64
+    steps, frozen = 200 // 64, 320 // 64
     straight = run(CONFIG, tmp_path / "a", cifar10_tar, cache_dir, *common)
     m = metrics(straight)
     losses = m["train/loss"]
     print("train/loss per step:", [round(v, 3) for v in losses])
     assert len(losses) == 3 * steps and all(math.isfinite(v) for v in losses)
-    assert m["lr-SGD/centers"] == [1.2] * len(m["lr-SGD/centers"])  # constant, also in the lr-0 first epoch
-    assert m["lr-SGD/decay"][:steps] == [0.0] * steps and m["lr-SGD/decay"][steps] > 0
+    assert m["lr-SGD/centers"] == [0.6] * len(m["lr-SGD/centers"])  # 1.2 x 64/128, also while the network is frozen
+    assert m["lr-SGD/decay"][:frozen] == [0.0] * frozen and m["lr-SGD/decay"][frozen] > 0
     assert len(m["secu/changed"]) == 3 and m["secu/changed"][0] == 0 < m["secu/changed"][-1]
+    assert all(0 <= v <= 1 for v in m["secu/h0_nmi_fine"]) and all(v > 0 for v in m["secu/center_norm"])
 
     original = SeCu.training_step
 

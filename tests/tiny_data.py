@@ -2,6 +2,7 @@
 in seconds: for the reliability tests, which need real runs but not learning."""
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tarfile
@@ -24,33 +25,42 @@ def tiny_tree(cifar10_tar: Path, cache_dir: Path, dest: Path) -> Path:
 
 
 def _extract_once(cifar10_tar: Path, master: Path) -> None:
-    """Extract into a private folder beside ``master``, mark it complete, then rename it into place in one step: two
-    xdist workers sharing the cache see either no ``master`` or a complete one, never a file being written; the
-    slower of two racing workers drops its copy."""
+    """One worker at a time (an exclusive ``flock`` on a lock file beside ``master``, held across processes and
+    threads): it looks again, and if ``master`` is still not complete, extracts into a private folder, marks it
+    complete and renames it into place in one step. A worker that waited for the lock finds the tree complete and
+    leaves it alone. A complete ``master`` is never written or removed, so a reader that saw its marker copies it
+    without the lock; only a tree without the marker (half a tree left by an interrupted run of older code, which
+    extracted in place) is moved aside and removed, under the lock, where nothing else writes or reads it."""
     master.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{master.name}-", dir=master.parent))
-    try:
-        wanted, counts = {"train": TRAIN_PER_CLASS, "test": TEST_PER_CLASS}, {}
-        with tarfile.open(cifar10_tar) as tar:
-            for member in tar:
-                parts = member.name.split("/")
-                if member.isfile() and len(parts) == 4 and counts.get((parts[1], parts[2]), 0) < wanted[parts[1]]:
-                    counts[(parts[1], parts[2])] = counts.get((parts[1], parts[2]), 0) + 1
-                    target = staging / parts[1] / parts[2] / parts[3]
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_bytes(tar.extractfile(member).read())
-                if len(counts) == 20 and all(n == wanted[split] for (split, _), n in counts.items()):
-                    break
-        (staging / COMPLETE).touch()
-        if master.is_dir() and not (master / COMPLETE).is_file():  # half a tree left by an interrupted older run
-            shutil.rmtree(master, ignore_errors=True)
+    with open(master.parent / f".{master.name}.lock", "a") as lock:  # kept: removing a lock file races its users
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, also if this process dies
+        if (master / COMPLETE).is_file():
+            return
+        if master.exists():
+            stale = Path(tempfile.mkdtemp(prefix=f".{master.name}-stale-", dir=master.parent))
+            os.replace(master, stale / "tree")
+            shutil.rmtree(stale)
+        staging = Path(tempfile.mkdtemp(prefix=f".{master.name}-", dir=master.parent))
         try:
+            _extract(cifar10_tar, staging)
+            (staging / COMPLETE).touch()
             os.replace(staging, master)
-        except OSError:  # another worker renamed its complete copy into place first
-            if not (master / COMPLETE).is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _extract(cifar10_tar: Path, folder: Path) -> None:
+    wanted, counts = {"train": TRAIN_PER_CLASS, "test": TEST_PER_CLASS}, {}
+    with tarfile.open(cifar10_tar) as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            if member.isfile() and len(parts) == 4 and counts.get((parts[1], parts[2]), 0) < wanted[parts[1]]:
+                counts[(parts[1], parts[2])] = counts.get((parts[1], parts[2]), 0) + 1
+                target = folder / parts[1] / parts[2] / parts[3]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(tar.extractfile(member).read())
+            if len(counts) == 20 and all(n == wanted[split] for (split, _), n in counts.items()):
+                break
 
 
 def train_args(tree: Path, tmp_path: Path, *overrides: str, config: str = "configs/pretrain/simclr_cifar10.yaml") -> list[str]:

@@ -58,12 +58,14 @@ def history_keys(path: Path, kinds: set | None = None) -> dict[str, list]:
     return out
 
 
-def wait_for_history(run_dir: Path, keys, timeout: float = 120.0, poll: float = 0.25) -> dict[str, list]:
+def wait_for_history(run_dir: Path, keys, timeout: float = 120.0, poll: float = 0.25, clock=time.monotonic,
+                     sleep=time.sleep) -> dict[str, list]:
     """The history of the run's one offline W&B file, once the file holds the run's exit record and every key in
     ``keys``. W&B's service process may still be flushing after ``finish()``: the file is read again until then, and a
     read that meets a half-written record (cut short, or one that does not parse yet) counts as not yet flushed. The
-    timeout only stops a hang (a loaded machine flushes in seconds); the failure says what the last read saw."""
-    deadline, seen = time.monotonic() + timeout, "no read yet"
+    timeout only stops a hang (a loaded machine flushes in seconds); the failure says what the last read saw.
+    ``clock`` and ``sleep`` are the time it runs on (a test passes its own, so no machine's speed enters it)."""
+    deadline, seen = clock() + timeout, "no read yet"
     while True:
         files = sorted(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
         if len(files) > 1:
@@ -78,6 +80,6 @@ def wait_for_history(run_dir: Path, keys, timeout: float = 120.0, poll: float = 
                 if "exit" in kinds and set(keys) <= set(history):
                     return history
                 seen = f"record types {sorted(k for k in kinds if k)}, history keys {sorted(history)}"
-        if time.monotonic() > deadline:
+        if clock() > deadline:
             raise AssertionError(f"the W&B run file under {run_dir} was not flushed within {timeout:g} s; {seen}")
-        time.sleep(poll)
+        sleep(poll)

@@ -1,5 +1,6 @@
-"""CoKe, online constrained k-means: `method.py` is the paper's method, the other files its departures and
-variants (compose.py builds the ones the config names), `config.py` the typed config."""
+"""CoKe, online constrained k-means: `method.py` is the paper's method; `parts.py` types its slots, which the other
+files fill with the paper's object or a departure's (compose.py builds the ones the config names); `config.py` is the
+typed config and `rules.py` every rule on combining its options."""
 from lightning_modules.coke.config import CoKeConfig
 from lightning_modules.coke.method import CoKe
 

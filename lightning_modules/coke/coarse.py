@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from lightning_modules.coke.parts import Log
 from ops.precision import upcast
 
 
@@ -15,8 +17,8 @@ class CoarseCE(torch.nn.Linear):
         super().__init__(dim, num_coarse)
         self.weight_of_term = weight
 
-    def __call__(self, module, h: list[torch.Tensor], z: list[torch.Tensor], clean: torch.Tensor,
-                 batch: dict) -> torch.Tensor:
+    def __call__(self, h: list[torch.Tensor], z: list[torch.Tensor], clean: torch.Tensor, batch: dict,
+                 log: Log) -> torch.Tensor:
         coarse_ce = F.cross_entropy(upcast(self.forward(F.normalize(z[0], dim=1))), batch["coarse"], ignore_index=-1)
-        module.log("train/coarse_ce", coarse_ce)
+        log("train/coarse_ce", coarse_ce)
         return self.weight_of_term * coarse_ce

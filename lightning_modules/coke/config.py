@@ -2,9 +2,10 @@
 
 Names follow the official code's arguments (idstcv/CoKe): --coke-k is `num_clusters`, --coke-t `temperature`,
 --coke-dual-lr `dual_lr`, --coke-ratio `ratio`, --coke-alpha `alpha`; its --coke-beta is not `projection_weight`
-(see there). `validate` holds the rules on combining options; configs/loader.py calls it when a config loads, so
-`--print-config`, benchmarks/budget.py and every entry point refuse a bad combination before anything trains. `RENAMED` maps the keys
-used before this layout (flat, `beta`) to these; old configs and checkpoints still load, with a one-line notice.
+(see there). The rules on combining options live in rules.py; `validate` hands them to configs/loader.py, which
+checks them when a config loads, so `--print-config`, benchmarks/budget.py and every entry point refuse a bad
+combination before anything trains. `RENAMED` maps the keys used before this layout (flat, `beta`) to these; old
+configs and checkpoints still load, with a one-line notice.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ class ClusterInit(Enum):
 
 
 class Stage2Rule(Enum):
-    faithful = "faithful"  # the official code (ops/coke_stage2.py: OfficialStage2)
+    faithful = "faithful"  # the official code (ops/coke_stage2.py: OfficialStage2; when: coke/last_stage.py)
     legacy = "legacy"  # this project's earlier rule (EarlierStage2)
 
 
@@ -122,7 +123,9 @@ class CoKeConfig(MethodConfig):
     kernel: Kernel = Kernel.auto
     assign_precision: AssignPrecision = AssignPrecision.ieee  # the Triton assignment's GEMM (the torch path is fp32)
     max_scores: int = 4194304  # torch path: most B×K scores held at once
-    # ---- departures from the paper, one section each (lightning_modules/coke/<section>.py) ----
+    # ---- departures from the paper, one section each; its docstring's ledger row, its objects in
+    # lightning_modules/coke/<section>.py, except clean_view (assignment.py, the slot it fills) and carried_members
+    # (ops/coke_carry.py: a rule of the clustering state, which lives below the method) ----
     clean_view: CleanView = field(default_factory=CleanView)
     soft_target: SoftTarget = field(default_factory=SoftTarget)
     instance_term: InstanceTerm = field(default_factory=InstanceTerm)
@@ -143,29 +146,18 @@ class CoKeConfig(MethodConfig):
 
     @classmethod
     def validate(cls, cfg) -> list[str]:
-        """One sentence per broken rule on combining options, for the whole run config `cfg`."""
-        m, errors = cfg.method, []
-        clean = _value(m.clean_view.assign_on) == "clean"
-        needs_clean = {"clean_view.momentum": m.clean_view.momentum, "soft_target.weight": m.soft_target.weight,
-                       "instance_term.weight": m.instance_term.weight}
-        if clean and not cfg.augment.clean_view:
-            errors.append("method.clean_view.assign_on=clean needs the un-augmented image: set augment.clean_view=true")
-        if clean and cfg.augment.num_large_crops != 1:
-            errors.append("method.clean_view.assign_on=clean is a one-view option (two views cluster the mean of the "
-                          "two views): set augment.num_large_crops=1 or method.clean_view.assign_on=view")
-        for key, value in needs_clean.items():
-            if value and not clean:
-                errors.append(f"method.{key} works on the clean image: set method.clean_view.assign_on=clean (and "
-                              f"augment.clean_view=true), or method.{key}=0")
-        if not 0.0 <= m.clean_view.momentum < 1.0:
-            errors.append(f"method.clean_view.momentum must be in [0, 1), got {m.clean_view.momentum}")
-        if not 0.0 <= m.carried_members.fraction < 1.0:
-            errors.append(f"method.carried_members.fraction must be in [0, 1), got {m.carried_members.fraction}")
-        return errors
+        """One sentence per broken rule on combining options, for the whole run config `cfg` (rules.py)."""
+        from lightning_modules.coke.rules import errors
+
+        return errors(cfg)
 
 
-def _value(choice) -> str:
-    return choice.value if isinstance(choice, Enum) else str(choice)
+def typed(method) -> CoKeConfig:
+    """The method's plain config (train.py's, a checkpoint's, after `upgrade`) as the dataclass, its choices as the
+    Enums above: the method converts at its boundary, so the parts compare Enums, never strings."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(CoKeConfig), method))
 
 
 def upgrade(cfg: dict) -> dict:

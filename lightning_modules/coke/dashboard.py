@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from torchmetrics.functional.clustering import normalized_mutual_info_score
 
+from ops.coke_state import CokeState
 from ops.distributed import gather_no_grad, is_distributed
 
 
-def assert_ranks_agree(state) -> None:
+def assert_ranks_agree(state: CokeState) -> None:
     """Every rank runs the same update; a differing checksum means they diverged (e.g. unequal batches)."""
     if not is_distributed():
         return
@@ -21,12 +22,13 @@ def assert_ranks_agree(state) -> None:
         )
 
 
-def log_clustering_dashboard(module, summary: dict, sizes: list[torch.Tensor]) -> None:
-    """Log the epoch that just ended: `summary` from `CokeState.end_epoch`, `sizes` its clusters' member counts."""
-    state = module.clustering
+def epoch_logs(state: CokeState, instance_labels: torch.Tensor, summary: dict,
+               sizes: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The epoch that just ended, for `log_dict`: `summary` from `CokeState.end_epoch`, `sizes` its clusters' member
+    counts, `instance_labels` the (N, 2) fine and coarse classes of the instances seen (-1: not yet)."""
     logs = {}
     labels = state.label_memory
-    seen = module.instance_labels[:, 0] >= 0
+    seen = instance_labels[:, 0] >= 0
     for head in range(len(sizes)):
         logs[f"coke/h{head}_under_bound"] = summary["under_bound"][head]
         logs[f"coke/h{head}_dual_min"], logs[f"coke/h{head}_dual_mean"], logs[f"coke/h{head}_dual_max"] = summary["duals"][head]
@@ -35,14 +37,18 @@ def log_clustering_dashboard(module, summary: dict, sizes: list[torch.Tensor]) -
         logs[f"coke/h{head}_max_size"] = summary["max_size"][head].float()
         if seen.any() and head == 0:
             for level, column in (("fine", 0), ("coarse", 1)):
-                truth = module.instance_labels[seen, column]
+                truth = instance_labels[seen, column]
                 if (truth >= 0).all():
                     logs[f"coke/nmi_{level}"] = normalized_mutual_info_score(labels[seen, head], truth)
-    module.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in logs.items()}, rank_zero_only=True)
-    for logger in module.loggers:
-        if hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger" and module.global_rank == 0:
+    return {k: torch.as_tensor(v, dtype=torch.float32) for k, v in logs.items()}
+
+
+def log_size_histograms(loggers: list, sizes: list[torch.Tensor], step: int, rank: int) -> None:
+    """The clusters' sizes per head, as histograms to Weights & Biases (rank 0 only)."""
+    for logger in loggers:
+        if hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger" and rank == 0:
             import wandb
 
             logger.experiment.log({
                 f"coke/h{h}_cluster_sizes": wandb.Histogram(s.cpu().numpy()) for h, s in enumerate(sizes)
-            } | {"trainer/global_step": module.global_step})
+            } | {"trainer/global_step": step})

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from lightning_modules.coke.parts import Log
 from ops.contrastive import moco_v3_loss
 
 
@@ -15,8 +16,8 @@ class InstanceTerm:
     def __init__(self, weight: float, temperature: float):
         self.weight, self.temperature = weight, temperature
 
-    def __call__(self, module, h: list[torch.Tensor], z: list[torch.Tensor], clean: torch.Tensor,
-                 batch: dict) -> torch.Tensor:
+    def __call__(self, h: list[torch.Tensor], z: list[torch.Tensor], clean: torch.Tensor, batch: dict,
+                 log: Log) -> torch.Tensor:
         contrast = moco_v3_loss(h[0], clean, self.temperature)
-        module.log("train/clean_contrast", contrast)
+        log("train/clean_contrast", contrast)
         return self.weight * contrast

@@ -9,10 +9,12 @@ initialisation epoch leaves: centres, every instance's previous-epoch label, zer
 from __future__ import annotations
 
 import logging
+from typing import Callable, Iterable
 
 import torch
 import torch.distributed as dist
 
+from ops.coke_state import CokeState
 from ops.distributed import gather_no_grad, is_distributed
 from ops.kmeans import spherical_kmeans
 from ops.precision import upcast
@@ -21,21 +23,22 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def embed_training_set(module) -> tuple[torch.Tensor, torch.Tensor]:
+def embed_training_set(batches: Iterable[dict],
+                       embed: Callable[[dict], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids (M,), unit-norm clustering inputs (M, D)) of every training batch of one pass, all ranks gathered."""
     ids, feats = [], []
-    for batch in module.training_batches():
+    for batch in batches:
         ids.append(gather_no_grad(batch["index"]))
-        feats.append(gather_no_grad(upcast(module.assign_encoder.no_grad_input(module, batch))))
+        feats.append(gather_no_grad(upcast(embed(batch))))
     return torch.cat(ids), torch.cat(feats)
 
 
 @torch.no_grad()
-def kmeans_initialise(module, iterations: int) -> None:
-    """Load spherical k-means clusters of the whole training set into `module.clustering`."""
-    state = module.clustering
+def kmeans_initialise(state: CokeState, batches: Iterable[dict], embed: Callable[[dict], torch.Tensor],
+                      iterations: int, seed: int) -> None:
+    """Load spherical k-means clusters of the whole training set (`embed` of each batch) into `state`."""
     log.info("CoKe: k-means initialisation of the clusters (one no-grad pass over %d images)", state.num_instances)
-    ids, feats = embed_training_set(module)
+    ids, feats = embed_training_set(batches, embed)
     device = state.centers.device
     ids = ids.to(device)
     embedded = torch.zeros(state.num_instances, feats.shape[1], dtype=feats.dtype, device=device)
@@ -45,7 +48,7 @@ def kmeans_initialise(module, iterations: int) -> None:
     labels = torch.full_like(state.label_memory, -1)
     centers = []
     for head, k in enumerate(state.num_clusters):
-        generator = torch.Generator().manual_seed(module.cfg.seed * 1000 + head)
+        generator = torch.Generator().manual_seed(seed * 1000 + head)
         head_centers, head_labels = spherical_kmeans(embedded[seen], k, iterations, generator=generator)
         centers.append(head_centers)
         labels[seen, head] = head_labels
@@ -59,7 +62,8 @@ def kmeans_initialise(module, iterations: int) -> None:
 class OnlineStart:
     """The paper: the `init_epochs` at lr 0 run the online clustering; nothing happens before training."""
 
-    def __call__(self, module) -> None:
+    def __call__(self, state: CokeState, batches: Callable[[], Iterable[dict]],
+                 embed: Callable[[dict], torch.Tensor]) -> None:
         pass
 
 
@@ -68,9 +72,10 @@ class KMeansStart:
     k-means of one no-grad pass over the training set, `iterations` per head. Changes vs the paper: no epoch at
     lr 0 is needed (with init_epochs=0 epoch 0 trains); ledger: "cluster_init=kmeans"."""
 
-    def __init__(self, iterations: int):
-        self.iterations = iterations
+    def __init__(self, iterations: int, seed: int):
+        self.iterations, self.seed = iterations, seed
 
-    def __call__(self, module) -> None:
-        if not bool((module.clustering.label_memory >= 0).any()):
-            kmeans_initialise(module, self.iterations)
+    def __call__(self, state: CokeState, batches: Callable[[], Iterable[dict]],
+                 embed: Callable[[dict], torch.Tensor]) -> None:
+        if not bool((state.label_memory >= 0).any()):
+            kmeans_initialise(state, batches(), embed, self.iterations, self.seed)

@@ -15,7 +15,7 @@ from torch import nn
 
 from lightning_modules.base import PretrainModule
 from lightning_modules.coke import compose, dashboard
-from lightning_modules.coke.config import CoKeConfig, upgrade
+from lightning_modules.coke.config import CoKeConfig, typed, upgrade
 from ops.distributed import gather_no_grad, rank
 from ops.precision import upcast
 
@@ -25,27 +25,28 @@ class CoKe(PretrainModule):
 
     def __init__(self, cfg: dict, data_info: dict):
         super().__init__(upgrade(cfg), data_info)
-        m = self.method_cfg
+        m, model = typed(self.cfg.method), self.cfg.model  # from here on the config's choices are Enums
         self.zero_lr_epochs = m.init_epochs  # the paper's initialisation epochs: clustering only, at lr 0
         self.two_views = self.cfg.augment.num_large_crops == 2
         self.temperature = m.temperature or (0.05 if self.two_views else 0.1)
-        dim = self.cfg.model.proj_output_dim
-        self.projection = self.projector(dim, last_bn=m.proj_last_bn)
-        self.prediction = self.predictor(dim) if self.cfg.model.pred_hidden_dim else nn.Identity()
-        self.views = compose.views(self, m)
-        self.clustering = compose.clustering(self, m, data_info, dim)
-        parts = compose.departures(self, m, data_info, dim)
-        self.coarse_head = parts.coarse_head
+        self.projection = self.projector(model.proj_output_dim, last_bn=m.proj_last_bn)
+        self.prediction = self.predictor(model.proj_output_dim) if model.pred_hidden_dim else nn.Identity()
+        run = compose.Run(self.cfg.augment.num_large_crops, bool(model.pred_hidden_dim), model.channels_last,
+                          self.cfg.seed, model.proj_output_dim)
+        parts = compose.build(m, run, data_info, self)
+        self.views, self.clustering, self.coarse_head = parts.views, parts.clustering, parts.coarse_head
         self.assign_encoder = parts.assignment  # what the clustering sees: the view, or the clean image
         self.target, self.soft_target = parts.target, parts.soft_target  # which label, and the CE's target
-        self.terms, self.start = parts.terms, parts.start  # extra loss terms; how the clusters start
-        self.cluster_weight = m.instance_term.cluster_weight
+        self.terms, self.start, self.last_stage = parts.terms, parts.start, parts.last_stage
+        self.cluster_weight = parts.cluster_weight
         # Labels of every training instance, filled as batches pass: for the NMI dashboard only.
         self.register_buffer("instance_labels", torch.full((data_info["num_train"], 2), -1), persistent=False)
 
-    # ---- the clustering, docs/algorithm.md §1.1-1.5 ------------------------------------------------------------
+    # ---- the clustering, docs/algorithm.md §1.1-1.4 ------------------------------------------------------------
     def cluster_step(self, x: torch.Tensor, batch: dict) -> torch.Tensor:
-        """Cluster the batch of all ranks (no grad); return this rank's previous-epoch labels (B, H)."""
+        """One step of the paper's clustering on the batch of all ranks, no grad (`CokeState.step`): assign under
+        the size bound, y_i = argmax_k x_i·c_k + ρ_k (§1.1); dual step, ρ_k ← max(0, ρ_k + η(r/K − n_k/B)) (§1.2);
+        centre update, c_k ← normalize(m_k c_k + Σ_{y_i=k} x_i) (§1.3). Returns this rank's y^{t-1} (B, H)."""
         ids = gather_no_grad(batch["index"])
         classes = gather_no_grad(torch.stack([batch["fine"], batch["coarse"]], 1))
         self.instance_labels[ids] = classes
@@ -60,43 +61,35 @@ class CoKe(PretrainModule):
         return [F.normalize(h, dim=1) @ c.T / self.temperature for c in self.clustering.split_heads(centers)]
 
     def in_stage2(self) -> bool:
-        """The official one-view last stage: its final `stage2_epochs` train on labels averaged over epochs."""
-        m = self.method_cfg
-        return bool(m.stage2_epochs) and not self.two_views and \
-            self.current_epoch >= self.trainer.max_epochs - m.stage2_epochs
+        """Whether the one-view last stage (docs/algorithm.md §2) runs in this epoch."""
+        return self.last_stage.runs(self.current_epoch, lambda: self.trainer.max_epochs)
 
-    def stage2_targets(self, index: torch.Tensor) -> list[torch.Tensor] | None:
-        """Stage-2 soft targets of the earlier stage-2 epochs: call BEFORE the step writes this epoch's labels."""
-        if not self.in_stage2():
-            return None
-        return [self.clustering.dense_soft_targets(index, head) for head in range(len(self.clustering.num_clusters))]
-
-    # ---- the step ----------------------------------------------------------------------------------------------
+    # ---- the step (§1.5) ---------------------------------------------------------------------------------------
     def training_loss(self, batch: dict, feats: list[torch.Tensor]) -> torch.Tensor:
         z = [self.projection(f) for f in feats]
         h = [self.prediction(zi) for zi in z]
-        stage2 = self.stage2_targets(batch["index"])  # read before cluster_step writes this step's labels
+        soft = self.last_stage.targets(self.clustering, batch["index"], self.in_stage2())  # before y^t is written
         x = self.assign_encoder.encode(self, self.views.cluster_input(z), batch)  # what the clustering assigns
-        labels = self.target.labels(self, self.cluster_step(x, batch), batch)  # the previous epoch's label
-        ce = self.soft_target.bind(self, labels, stage2, x)  # CE of per-head logits against this batch's targets
-        loss = self.cluster_weight * self.views(self, h, z, labels, ce)
+        y = self.target.labels(self.cluster_step(x, batch), batch["index"], self.clustering)  # y^{t-1}
+        ce = self.soft_target.bind(y, soft, x, self.clustering)  # CE of per-head logits against this batch's targets
+        loss = self.cluster_weight * self.views(h, z, y, ce, self.head_logits)
         for term in self.terms:  # the extra terms the config names
-            loss = loss + term(self, h, z, x, batch)
+            loss = loss + term(h, z, x, batch, self.log)
         return loss
 
-    # ---- epochs ------------------------------------------------------------------------------------------------
+    # ---- epochs (§1.4) -----------------------------------------------------------------------------------------
     def on_train_start(self) -> None:
         super().on_train_start()
-        self.start(self)  # the paper: nothing (its init epochs run at lr 0); or a k-means start
+        embed = lambda batch: self.assign_encoder.no_grad_input(self, batch)  # noqa: E731
+        self.start(self.clustering, self.training_batches, embed)  # the paper: nothing; or a k-means start
 
     def on_train_epoch_start(self) -> None:
-        # On a resume inside the first stage-2 epoch the state has begun stage 2 already: do not restart it.
-        if self.in_stage2() and not self.clustering.stage2_started:
-            self.clustering.begin_stage2()
+        self.last_stage.epoch_start(self.clustering, self.in_stage2())
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()  # a non-finite loss stops the run before the epoch's checkpoint
         sizes = self.clustering.cluster_sizes()
         summary = self.clustering.end_epoch()  # the epoch boundary: freeze the centres, reset the counters
         dashboard.assert_ranks_agree(self.clustering)
-        dashboard.log_clustering_dashboard(self, summary, sizes)
+        self.log_dict(dashboard.epoch_logs(self.clustering, self.instance_labels, summary, sizes), rank_zero_only=True)
+        dashboard.log_size_histograms(self.loggers, sizes, self.global_step, self.global_rank)

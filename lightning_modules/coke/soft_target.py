@@ -1,20 +1,19 @@
 """The target of the one-view CE (config section `method.soft_target`)."""
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
+from lightning_modules.coke.parts import HeadLoss
 from ops.coke_losses import label_ce, soft_cross_entropy
+from ops.coke_state import CokeState
 from ops.sinkhorn import sinkhorn
-
-HeadLoss = Callable[[list[torch.Tensor]], torch.Tensor]  # per-head logits -> the loss against this batch's targets
 
 
 class HardTarget:
     """The paper: CE against the previous-epoch label (in stage 2, the averaged soft label where there is one)."""
 
-    def bind(self, module, labels: torch.Tensor, stage2: list[torch.Tensor] | None, clean: torch.Tensor) -> HeadLoss:
+    def bind(self, labels: torch.Tensor, stage2: list[torch.Tensor] | None, clean: torch.Tensor,
+             state: CokeState) -> HeadLoss:
         return lambda logits: label_ce(logits, labels, stage2)
 
 
@@ -27,11 +26,11 @@ class CleanSoftTarget(HardTarget):
     def __init__(self, weight: float, temperature: float, iterations: int):
         self.weight, self.temperature, self.iterations = weight, temperature, iterations
 
-    def bind(self, module, labels: torch.Tensor, stage2: list[torch.Tensor] | None, clean: torch.Tensor) -> HeadLoss:
-        hard = super().bind(module, labels, stage2, clean)
-        centers = module.clustering.loss_centers().to(clean.dtype)
-        teacher = [sinkhorn(clean @ c.T, self.temperature, self.iterations)
-                   for c in module.clustering.split_heads(centers)]
+    def bind(self, labels: torch.Tensor, stage2: list[torch.Tensor] | None, clean: torch.Tensor,
+             state: CokeState) -> HeadLoss:
+        hard = super().bind(labels, stage2, clean, state)
+        centers = state.loss_centers().to(clean.dtype)
+        teacher = [sinkhorn(clean @ c.T, self.temperature, self.iterations) for c in state.split_heads(centers)]
 
         def loss(logits: list[torch.Tensor]) -> torch.Tensor:
             soft = torch.stack([soft_cross_entropy(h, t) for t, h in zip(teacher, logits)])

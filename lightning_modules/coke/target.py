@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import torch
 
+from ops.coke_state import CokeState
+
 
 class PreviousEpochLabel:
     """The paper: the label the instance got in the previous epoch, against the centres frozen at that epoch's end."""
 
-    def labels(self, module, previous: torch.Tensor, batch: dict) -> torch.Tensor:
+    def labels(self, previous: torch.Tensor, index: torch.Tensor, state: CokeState) -> torch.Tensor:
         return previous
 
-    def centers(self, clustering) -> torch.Tensor:
-        return clustering.loss_centers()
+    def centers(self, state: CokeState) -> torch.Tensor:
+        return state.loss_centers()
 
 
 class CurrentLabel:
@@ -19,8 +21,8 @@ class CurrentLabel:
     current centres. Changes vs the paper: no epoch of delay between a label and its use (ledger:
     "target=current")."""
 
-    def labels(self, module, previous: torch.Tensor, batch: dict) -> torch.Tensor:
-        return module.clustering.label_memory[batch["index"].to(previous.device)]
+    def labels(self, previous: torch.Tensor, index: torch.Tensor, state: CokeState) -> torch.Tensor:
+        return state.label_memory[index.to(previous.device)]
 
-    def centers(self, clustering) -> torch.Tensor:
-        return clustering.centers
+    def centers(self, state: CokeState) -> torch.Tensor:
+        return state.centers

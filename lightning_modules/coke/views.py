@@ -1,12 +1,13 @@
 """How many views the clustering sees and how the loss combines them: the paper's one view, and the two-view
-variants (config: `augment.num_large_crops`, `method.view_loss`). Each is called with the per-view predictor outputs
-h and projections z, the labels, the method (for its logits) and `ce`, the CE of per-head logits against the batch's
-targets."""
+variants (config: `augment.num_large_crops`, `method.view_loss`). Each is a `Views` (parts.py), called with the
+per-view predictor outputs h and projections z, the labels, `ce` (the CE of per-head logits against the batch's
+targets) and `logits` (an output's per-head logits against the loss centres)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from lightning_modules.coke.parts import HeadLogits, HeadLoss
 from ops.coke_losses import coke_view_loss, label_ce, soft_cross_entropy
 from ops.precision import upcast
 
@@ -19,8 +20,9 @@ class OneView:
     def cluster_input(self, z: list[torch.Tensor]) -> torch.Tensor:
         return F.normalize(z[0], dim=1)
 
-    def __call__(self, module, h: list[torch.Tensor], z: list[torch.Tensor], labels: torch.Tensor, ce) -> torch.Tensor:
-        return sum(ce(module.head_logits(hv)) for hv in h) / len(h)
+    def __call__(self, h: list[torch.Tensor], z: list[torch.Tensor], labels: torch.Tensor, ce: HeadLoss,
+                 logits: HeadLogits) -> torch.Tensor:
+        return sum(ce(logits(hv)) for hv in h) / len(h)
 
 
 class OneViewWithProjection(OneView):
@@ -31,8 +33,8 @@ class OneViewWithProjection(OneView):
     def __init__(self, weight: float):
         self.weight = weight
 
-    def __call__(self, module, h, z, labels, ce) -> torch.Tensor:
-        return super().__call__(module, h, z, labels, ce) + self.weight * ce(module.head_logits(z[0]))
+    def __call__(self, h, z, labels, ce, logits) -> torch.Tensor:
+        return super().__call__(h, z, labels, ce, logits) + self.weight * ce(logits(z[0]))
 
 
 class TwoViews(OneView):
@@ -52,11 +54,11 @@ class EarlierTwoViewLoss(TwoViews):
     def __init__(self, alpha: float):
         self.alpha = alpha
 
-    def __call__(self, module, h, z, labels, ce) -> torch.Tensor:
-        logits = [module.head_logits(hv) for hv in h]
-        soft = [[F.softmax(upcast(lg.detach()), 1) for lg in view] for view in logits[:2]]
+    def __call__(self, h, z, labels, ce, logits) -> torch.Tensor:
+        per_view = [logits(hv) for hv in h]
+        soft = [[F.softmax(upcast(lg.detach()), 1) for lg in view] for view in per_view[:2]]
         total, terms = 0.0, 0
-        for v, view_logits in enumerate(logits):
+        for v, view_logits in enumerate(per_view):
             teachers = [1 - v] if v < 2 else [0, 1]
             one_hot = label_ce(view_logits, labels)
             swapped = torch.stack([soft_cross_entropy(lg, soft[t][j])
@@ -74,6 +76,6 @@ class OfficialTwoViewLoss(TwoViews):
     def __init__(self, alpha: float, large_crop_weight: float):
         self.alpha, self.large_crop_weight = alpha, large_crop_weight
 
-    def __call__(self, module, h, z, labels, ce) -> torch.Tensor:
-        return coke_view_loss([module.head_logits(hv) for hv in h], [module.head_logits(zv) for zv in z], labels,
+    def __call__(self, h, z, labels, ce, logits) -> torch.Tensor:
+        return coke_view_loss([logits(hv) for hv in h], [logits(zv) for zv in z], labels,
                               alpha=self.alpha, large_weight=self.large_crop_weight)

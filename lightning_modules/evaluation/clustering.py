@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from lightning_modules.evaluation.features import FeatureSet
 from lightning_modules.evaluation.metrics import clustering_metrics
-from lightning_modules.evaluation.report import result_row
+from lightning_modules.evaluation.rows import result_row
 from ops.kmeans import spherical_kmeans
 
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_modules.evaluation.features import FeatureSet
-from lightning_modules.evaluation.report import result_row
+from lightning_modules.evaluation.rows import result_row
 from ops.diagnostics import class_alignment, class_centroids, effective_rank, superclass_collapse, uniformity
 
 

@@ -15,7 +15,7 @@ import torch
 
 from lightning_modules.evaluation.features import FeatureSet
 from lightning_modules.evaluation.linear_probe import LinearProbe, probe_scores, train_probe
-from lightning_modules.evaluation.report import result_row
+from lightning_modules.evaluation.rows import result_row
 
 
 def sample_per_class(labels: torch.Tensor, shots: int, seed: int) -> torch.Tensor:

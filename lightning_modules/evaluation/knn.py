@@ -7,7 +7,7 @@ from typing import Any, Optional
 import torch
 
 from lightning_modules.evaluation.features import FeatureSet
-from lightning_modules.evaluation.report import result_row, score_rows
+from lightning_modules.evaluation.rows import result_row, score_rows
 from ops.knn import cosine_topk, weighted_vote
 from ops.retrieval import recall_from_neighbours
 

@@ -21,7 +21,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
 from lightning_modules.evaluation.features import FeatureSet
-from lightning_modules.evaluation.report import score_rows
+from lightning_modules.evaluation.rows import score_rows
 
 
 class LinearProbe(pl.LightningModule):

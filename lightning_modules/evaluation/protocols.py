@@ -24,6 +24,15 @@ class EvalInputs:
     clusters_per_head: Optional[list[int]] = None
 
 
+def protocol_inputs(protocols: list[str], source: Any, cfg: Any, labelled_beside: bool) -> dict[str, Any]:
+    """The EvalInputs fields the chosen protocols take from the checkpoint (their registry ``inputs`` hooks)."""
+    found = {}
+    for name in protocols:
+        if PROTOCOLS[name].inputs is not None:
+            found.update(PROTOCOLS[name].inputs(source, cfg, labelled_beside))
+    return found
+
+
 def run_protocols(protocols: list[str], inputs: EvalInputs, cfg: Any, device: torch.device) -> tuple[list[dict], dict, dict]:
     """(result rows, seconds per protocol, artifacts for the report's figures, e.g. the diagnostics map)."""
     rows, timings, artifacts = [], {}, {}

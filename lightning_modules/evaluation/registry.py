@@ -3,7 +3,7 @@ was produced, and the name a benchmark reads it by. Adding a protocol is one ent
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -12,9 +12,12 @@ from lightning_modules.evaluation.diagnostics import run_diagnostics
 from lightning_modules.evaluation.fewshot import run_fewshot
 from lightning_modules.evaluation.knn import run_knn, run_retrieval
 from lightning_modules.evaluation.linear_probe import run_linear
+from lightning_modules.evaluation.own_clusters import checkpoint_clusters
 from lightning_modules.evaluation.sea import run_sea
 
 Run = Callable[[Any, Any, torch.device], tuple[list[dict], dict]]  # (inputs, cfg, device) -> (rows, figures)
+# (source, cfg, labelled_beside) -> EvalInputs fields: what a protocol needs from the checkpoint beside the features
+Inputs = Callable[[Any, Any, bool], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,7 @@ class Protocol:
     standard: bool  # part of protocol=all
     run: Run
     details: Callable[[dict], str]  # one line: exactly how a row's number was produced
+    inputs: Optional[Inputs] = None  # a method-specific input, e.g. the checkpoint's own clusters
 
 
 def _accelerator(device: torch.device) -> str:
@@ -134,7 +138,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     Protocol("retrieval", "retrieval", "leave-one-out Recall@k", True, _retrieval,
              _params(lambda p: f"Recall@{p['k']}, {p['similarity']}, leave-one-out")),
     Protocol("clustering", "clustering", "NMI/ARI/ACC of k-means, and of the checkpoint's own clusters", True,
-             _clustering, _params(_clustering_details)),
+             _clustering, _params(_clustering_details), checkpoint_clusters),
     Protocol("sea", "sea", "the linear probe on semantically adversarial features (SeA)", False, _sea,
              _params(_sea_details)),
     Protocol("fewshot", "fewshot", "linear probes on n labelled images per class, several seeds", False, _fewshot,

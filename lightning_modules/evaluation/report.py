@@ -37,41 +37,34 @@ the diagnostics metrics and the "figures" key.
 from __future__ import annotations
 
 import json
-import logging
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
-from lightning_modules.evaluation.metrics import classification_metrics, within_superclass_accuracy
+from lightning_modules.checkpoints.sources import RANDOM, EvalSource
+from lightning_modules.evaluation.registry import BY_ROW_NAME
 
-log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
-PROTOCOL_NAMES = {"linear": "offline-linear", "knn": "knn", "retrieval": "retrieval", "clustering": "clustering",
-                  "sea": "sea", "fewshot": "fewshot", "diagnostics": "diagnostics"}
-ROW_KEYS = ("protocol", "level", "metric", "value", "split", "params")
 TABLE_COLUMNS = ["protocol", "protocol details", "level", "metric", "value", "eval data", "checkpoint epochs"]
 RAW_METRICS = ("rankme", "rank_fraction", "uniformity", "alignment", "collapse_ratio")  # shown as is, not as %
 
 
-def result_row(protocol: str, level: str, metric: str, value: float, split: str, **params: Any) -> dict:
-    return {"protocol": protocol, "level": level, "metric": metric, "value": float(value), "split": split, "params": params}
-
-
-def score_rows(protocol: str, level: str, scores, labels, fine_to_coarse, **params: Any) -> list[dict]:
-    """Rows for class scores on test: top-1 (and top-5), plus fine top-1 within the true superclass for fine labels."""
-    rows = [result_row(protocol, level, metric, value, "test", **params)
-            for metric, value in classification_metrics(scores, labels).items()]
-    if level == "fine" and fine_to_coarse is not None:
-        value = within_superclass_accuracy(scores, labels, fine_to_coarse)
-        rows.append(result_row(protocol, "fine-within-superclass", "top1", value, "test", **params))
-    return rows
-
-
 def protocol_details(row: dict) -> str:
     """One line that says exactly how the number was produced."""
-    from lightning_modules.evaluation.registry import BY_ROW_NAME  # the registry imports the runners, which use this
-
     return BY_ROW_NAME[row["protocol"]].details(row)
+
+
+def describe_source(source: EvalSource, model_cfg: Any) -> dict:
+    """The ``checkpoint`` block of the report."""
+    trainer = source.pretrain_cfg.get("trainer") or {}
+    return {
+        "path": source.path, "kind": source.kind, "sha256": source.content_hash if source.kind != RANDOM else None,
+        "method": source.method or None, "epochs": source.epochs, "global_step": source.global_step,
+        "planned_epochs": trainer.get("max_epochs"), "backbone": model_cfg.backbone,
+        "cifar_stem": bool(model_cfg.cifar_stem), "backbone_kwargs": dict(model_cfg.kwargs),
+        "pretrain_data": {k: (source.pretrain_cfg.get("data") or {}).get(k) for k in ("name", "subset")},
+        "has_cluster_labels": source.cluster_labels is not None,
+    }
 
 
 def build_report(checkpoint: dict, data: dict, features: dict, results: list[dict], timings: dict, command: str) -> dict:
@@ -185,38 +178,3 @@ def write_report(report: dict, out_dir: str | Path, artifacts: Optional[dict] = 
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     md_path.write_text(render_markdown(report))
     return json_path, md_path
-
-
-def log_to_wandb(report: dict, logger_cfg: Any, out_dir: str | Path) -> None:
-    """The table (and the two files) as a W&B run of job type ``eval``; offline without login or network."""
-    if logger_cfg.kind != "wandb":
-        return
-    try:
-        import wandb
-    except ImportError:
-        log.warning("wandb is not installed; the report is only on disk (pip install wandb to log it)")
-        return
-    from lightning_modules.run.loggers import keep_wandb_files_in, wandb_mode
-
-    keep_wandb_files_in(Path(out_dir))
-    run = wandb.init(
-        project=logger_cfg.project, entity=logger_cfg.entity or None, job_type="eval", dir=str(out_dir),
-        mode=wandb_mode(logger_cfg.mode), config={"checkpoint": report["checkpoint"], "data": report["data"]},
-    )
-    try:
-        run.log({"eval/report": wandb.Table(columns=TABLE_COLUMNS, data=table_rows(report))})
-        for name, file in report.get("figures", {}).items():
-            run.log({f"eval/{name}": wandb.Image(str(Path(out_dir) / file))})
-        for row in report["results"]:
-            key = "/".join(["eval", row["protocol"], row["level"], row["metric"]] + [f"{k}={v}" for k, v in _key_params(row)])
-            run.summary[key] = row["value"]
-        run.save(str(Path(out_dir) / "report.*"), base_path=str(out_dir), policy="now")
-        for file in report.get("figures", {}).values():
-            run.save(str(Path(out_dir) / file), base_path=str(out_dir), policy="now")
-    finally:
-        run.finish()
-
-
-def _key_params(row: dict) -> list[tuple[str, Any]]:
-    """The parameters that tell apart rows of the same protocol, level and metric."""
-    return [(k, row["params"][k]) for k in ("k", "head", "source", "shots") if k in row["params"] and row["protocol"] != "retrieval"]

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from lightning_modules.run.atomic_save import CheckpointSaveError
+from lightning_modules.checkpoints.atomic_save import CheckpointSaveError
 from lightning_modules.run.cpu_run import SlowCpuRun
 from lightning_modules.run.loggers import finish_loggers
 from lightning_modules.run.preemption import PREEMPTED_STATUS, PreemptionSave, is_preemption

@@ -6,8 +6,8 @@ training step has run on the new weights with a finite loss. When the very first
 non-finite loss (a diverging run can end an epoch with finite but huge weights), the new file is dropped and the
 previous one becomes ``last.ckpt`` again. Weights that are not finite are never saved.
 
-Every save is atomic (:mod:`lightning_modules.run.atomic_save`); the previous file is kept as a second name of the same
-bytes, so ``last.ckpt`` exists at every moment, even when a save fails or the process is killed during one.
+Every save is atomic (:mod:`lightning_modules.checkpoints.atomic_save`); the previous file is kept as a second name
+of the same bytes, so ``last.ckpt`` exists at every moment, even when a save fails or the process is killed during one.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from lightning_modules.run.atomic_save import keep_copy
+from lightning_modules.checkpoints.atomic_save import keep_copy
 
 log = logging.getLogger(__name__)
 PREVIOUS_NAME = "last-previous.ckpt"

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from lightning_modules.run.atomic_save import TEMP_SUFFIX, atomic_write_bytes
-from lightning_modules.evaluation.safe_load import CheckpointReadError, UnsafeCheckpointError, load_weights_only
+from lightning_modules.checkpoints.atomic_save import TEMP_SUFFIX, atomic_write_bytes
+from lightning_modules.checkpoints.safe_load import CheckpointReadError, UnsafeCheckpointError, load_weights_only
 from lightning_modules.run.last_good import DIVERGED_NAME
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from configs.loader import ConfigError, to_plain, to_yaml
-from lightning_modules.run.atomic_save import AtomicCheckpointIO, remove_stale_temp_files, size_in_words
+from lightning_modules.checkpoints.atomic_save import AtomicCheckpointIO, remove_stale_temp_files, size_in_words
 from lightning_modules.run.callbacks import Throughput, ViewGrid
 from lightning_modules.run.cpu_run import CpuCostNotice, fit_precision_to_cpu
 from lightning_modules.run.feature_diagnostics import FeatureDiagnostics

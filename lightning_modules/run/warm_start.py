@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import logging
 
-from lightning_modules.evaluation.checkpoints import EvalSource, load_source
-from lightning_modules.evaluation.safe_load import CheckpointReadError, UnsafeCheckpointError
+from lightning_modules.checkpoints.safe_load import CheckpointReadError, UnsafeCheckpointError
+from lightning_modules.checkpoints.sources import EvalSource, load_source
 from lightning_modules.momentum import MomentumEncoder
 
 log = logging.getLogger(__name__)

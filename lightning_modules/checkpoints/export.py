@@ -14,9 +14,9 @@ from typing import Any
 
 from safetensors.torch import save
 
-from lightning_modules.run.atomic_save import atomic_write_bytes
 from lightning_modules.backbone import backbone_state_for_timm
-from lightning_modules.evaluation.checkpoints import EXPORT_METADATA_KEY, EvalSource, build_eval_backbone, sidecar_path
+from lightning_modules.checkpoints.atomic_save import atomic_write_bytes
+from lightning_modules.checkpoints.sources import EXPORT_METADATA_KEY, EvalSource, build_eval_backbone, sidecar_path
 
 EXPORT_FORMAT = "coke-lightning-backbone"
 EXPORT_VERSION = 1
