@@ -330,7 +330,7 @@ def test_tiny_fit_logs_finite_losses_keeps_the_centre_lr_and_resumes_exactly(tmp
     assert set(STATE) | {"centers"} <= set(a["state_dict"])
     assert (a["state_dict"]["duals"] > 0).any()
 
-    from lightning_modules.evaluation.checkpoints import load_source  # evaluate.py scores SeCu's own clusters
+    from lightning_modules.checkpoints.sources import load_source  # evaluate.py scores SeCu's own clusters
 
     source = load_source(str(straight / "checkpoints" / "last.ckpt"))
     assert torch.equal(source.cluster_labels, a["state_dict"]["label_memory"])
