@@ -2,7 +2,8 @@
 runs every stage at tiny sizes on the CPU and writes the summary, so the GPU run's plumbing cannot rot between GPU
 sessions.
 
---prepare copies the GPU wheels from outside the repository (../shared/wheels/gpu-py312, beside the shared data):
+--prepare copies the GPU wheels from outside the repository (wheels/gpu-py312 beside the shared data folder,
+$COKE_DATA_ROOT's parent; ../shared/wheels/gpu-py312 by default):
 like missing data (tests/conftest.py), missing wheels skip the test locally but fail it under CI=true. The dry runs
 need no wheels (they use the current environment), only the data, which the fixtures require the same way."""
 import os
@@ -13,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from configs.schema import default_data_root
+
 REPO = Path(__file__).resolve().parent.parent
 SUITE = REPO / "benchmarks" / "gpu_suite.sh"
-WHEELS = REPO.parent / "shared" / "wheels" / "gpu-py312"
+WHEELS = Path(default_data_root()).resolve().parent / "wheels" / "gpu-py312"
 DRY_RUN_STATUS = {
     "install": "ok", "cuda-tests": "ok", "p1-assign": "skipped: needs CUDA", "p3-step": "ok", "profile": "ok",
     "augment": "ok",
@@ -55,7 +58,7 @@ def test_missing_wheels_fail_under_ci_and_skip_only_locally(ci, tmp_path, monkey
 
 def test_prepare_fills_the_carried_folder_and_prints_the_device_call(tmp_path, cifar10_tar):
     wheels = require_wheels()
-    env = {**os.environ, "GPU_DIR": str(tmp_path / ".gpu"), "CIFAR_SRC": str(cifar10_tar)}
+    env = {**os.environ, "GPU_DIR": str(tmp_path / ".gpu"), "CIFAR_SRC": str(cifar10_tar), "WHEELS_SRC": str(wheels)}
     result = subprocess.run(["bash", str(SUITE), "--prepare"], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert '{"command": "bash benchmarks/gpu_suite.sh", "carry": [".gpu"], "timeout_s": 600}' in result.stdout
