@@ -171,7 +171,7 @@ def random_init(seed: int, args) -> dict:
 def random_bn(seed: int, args) -> dict:
     """The random-init backbone with its BatchNorm statistics re-estimated (a cumulative average, in train mode) on
     the pretraining subset's images through evaluate.py's transform: the cheap stand-in for an lr-0 control that
-    issue 39 proposes. Exported by evaluate.py, recalibrated here, scored by evaluate.py like every row."""
+    RESULTS.md §1 compares with the lr-0 runs. Exported by evaluate.py, recalibrated here, scored by evaluate.py."""
     import shutil
 
     from safetensors import safe_open
