@@ -20,6 +20,7 @@ from lightning_modules.base import PretrainModule
 from ops.assign import assign, label_histogram
 from ops.coke_state import first_occurrence_rows
 from ops.distributed import gather_no_grad
+from ops.precision import upcast
 from ops.secu import center_loss, head_slices, representation_loss, size_dual_step, size_dual_targets
 
 STATE = ("epoch_centers", "duals", "counts", "label_memory", "changed")
@@ -112,7 +113,7 @@ class SeCu(PretrainModule):
         Returns (B, H) global labels: this step's, and the targets' (the previous epoch's; this step's in epoch 0).
         """
         m = self.method_cfg
-        labels, _ = assign(x_mean.float(), centers.float(), self.duals, self.offsets, kernel=m.kernel)
+        labels, _ = assign(upcast(x_mean), upcast(centers), self.duals, self.offsets, kernel=m.kernel)
         all_labels, ids = gather_no_grad(labels), gather_no_grad(index)
         dual_lr = m.dual_lr * self.rate_scale(all_labels.shape[0])
         self.duals.copy_(size_dual_step(self.duals, all_labels, self.dual_targets, dual_lr, clamp=m.ratio < 1))
@@ -135,8 +136,8 @@ class SeCu(PretrainModule):
             with torch.no_grad():
                 clean = self.projection(self(batch["clean_view"]))
         with torch.autocast(z1.device.type, enabled=False):  # logits over T = 0.05: bf16 would blur them
-            x1, x2 = (F.normalize(z.float(), dim=1) for z in (z1, z2))
-            assigned = F.normalize(clean.float(), dim=1) if m.assign_on == "clean" else (x1 + x2) / 2
+            x1, x2 = (F.normalize(upcast(z), dim=1) for z in (z1, z2))
+            assigned = F.normalize(upcast(clean), dim=1) if m.assign_on == "clean" else (x1 + x2) / 2
             centers = F.normalize(self.centers, dim=1)
             labels, targets = self.cluster_step(assigned, centers, batch["index"], batch.get("fine"))
             loss_c = (center_loss(x1, centers, labels, self.offsets, m.center_temperature)

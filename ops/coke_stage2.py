@@ -193,19 +193,5 @@ class EarlierStage2(_Slots):
         return self.slot_counts[index, head] / self.slot_steps[index].clamp_min(1).unsqueeze(1)
 
 
-STAGE2_RULES = {"faithful": OfficialStage2, "legacy": EarlierStage2}
 STAGE2_BUFFERS = ("slot_labels", "stage2_started", "center_epochs", "slot_weights", "slot_counts", "slot_steps",
                   "center_sum")
-
-
-def stage2_strategy(rule: str, slots: int, num_instances: int, num_clusters: int, dim: int,
-                    num_heads: int) -> OnlineCenters:
-    """The rule object of a rule name, for a `CokeState` built without one (lightning_modules/coke/compose.py builds
-    the config's); `OnlineCenters` when there are no slots (no last stage)."""
-    if rule not in STAGE2_RULES:
-        raise ValueError(f"stage2_rule must be one of {tuple(STAGE2_RULES)}, got {rule!r}")
-    if slots <= 0:
-        return OnlineCenters()
-    if rule == "faithful":
-        return OfficialStage2(num_instances, num_heads, slots)
-    return EarlierStage2(num_instances, num_heads, slots, num_clusters, dim)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from .assign import assign, to_local_labels
 from .coke_carry import CarriedMembers, EpochReset
 from .coke_partition import partition_clusters
-from .coke_stage2 import STAGE2_BUFFERS, OnlineCenters, slot_soft_targets, stage2_strategy
+from .coke_stage2 import STAGE2_BUFFERS, OfficialStage2, OnlineCenters, slot_soft_targets
 from .coke_update import update_clusters_, update_running_means_
 
 
@@ -74,14 +74,12 @@ class CokeState(torch.nn.Module):
         stage2_temperature: float = 0.5,
         superclass_sizes: Sequence[int] | None = None,
         center_carry: float = 0.0,
-        stage2_rule: str = "faithful",
         stage2: OnlineCenters | None = None,
         carry: EpochReset | CarriedMembers | None = None,
     ):
-        super().__init__()  # `stage2`, `carry`: the config's rule objects (coke/compose.py); else built from the names
+        super().__init__()  # `stage2`, `carry`: the config's rule objects (coke/compose.py: center_rule, clustering)
         self.center_carry = float(center_carry)
         self.carry = carry or (CarriedMembers(self.center_carry) if self.center_carry else EpochReset())
-        self.stage2_rule = stage2_rule
         self.num_clusters = [int(k) for k in num_clusters]
         self.offsets = [0]
         for k in self.num_clusters:
@@ -111,8 +109,9 @@ class CokeState(torch.nn.Module):
         head_size = torch.cat([torch.full((k,), float(k)) for k in self.num_clusters])
         self.register_buffer("head_size_of_cluster", head_size, persistent=False)
         self._init_superclasses(superclass_sizes)
-        self.stage2 = stage2 if stage2 is not None else stage2_strategy(
-            stage2_rule, self.stage2_slots, num_instances, total, dim, heads)
+        # Without a rule object: the official last stage when there are slots, else the paper's online centres.
+        self.stage2 = stage2 if stage2 is not None else (
+            OfficialStage2(num_instances, heads, self.stage2_slots) if self.stage2_slots > 0 else OnlineCenters())
         self._register_load_state_dict_pre_hook(_stage2_keys_moved)
 
     def _init_superclasses(self, superclass_sizes):
@@ -297,4 +296,4 @@ class CokeState(torch.nn.Module):
         return (f"instances={self.num_instances}, clusters={self.num_clusters}, dim={self.dim}, "
                 f"ratio={self.ratio}, dual_lr={self.dual_lr}, kernel={self.kernel!r}, "
                 f"superclasses={self.num_superclasses}, stage2_slots={self.stage2_slots}, "
-                f"stage2_rule={self.stage2_rule!r}")
+                f"stage2={type(self.stage2).__name__}")

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from .assign import label_histogram, offsets_list
 from .coke_update import dual_step
+from .precision import upcast
 
 
 def head_slices(head_offsets: torch.Tensor | Sequence[int]) -> list[slice]:
@@ -32,7 +33,7 @@ def center_loss(x: torch.Tensor, centers: torch.Tensor, labels: torch.Tensor, he
     gradient, and only to the centres (x is a constant). So d loss / d c_y = sum over its members of
     (p_iy − 1)·x_i / (T·B·H): instances the centre already explains well pull it less.
     """
-    scores = x.detach().float() @ centers.float().T
+    scores = upcast(x.detach()) @ upcast(centers).T
     assigned = torch.zeros_like(scores).scatter_add_(1, labels.clamp_min(0), (labels >= 0).to(scores.dtype)) > 0
     logits = torch.where(assigned, scores, scores.detach()) / temperature
     losses = [F.cross_entropy(logits[:, s], local_labels(labels, h, s), ignore_index=-1)
@@ -45,14 +46,14 @@ def mixed_targets(teacher_logits: torch.Tensor, labels: torch.Tensor, tau: float
 
     A row without a label (-1: dropped from the last, partial batch of epoch 0) keeps the softmax alone.
     """
-    soft = F.softmax(teacher_logits.detach().float(), dim=1)
+    soft = F.softmax(upcast(teacher_logits.detach()), dim=1)
     known = (labels >= 0).unsqueeze(1)
     one_hot = F.one_hot(labels.clamp_min(0), soft.shape[1]).to(soft.dtype) * known
     return (1 - tau * known.to(soft.dtype)) * soft + tau * one_hot
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return -(targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+    return -(targets * F.log_softmax(upcast(logits), dim=1)).sum(dim=1).mean()
 
 
 def representation_loss(logits1: torch.Tensor, logits2: torch.Tensor, labels: torch.Tensor, head_offsets,

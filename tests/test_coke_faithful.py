@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from configs.loader import load_config, to_plain
 from lightning_modules.coke import CoKe
 from ops.coke_losses import coke_view_loss
-from ops.coke_stage2 import faithful_slot_update, slot_soft_targets
+from ops.coke_stage2 import EarlierStage2, faithful_slot_update, slot_soft_targets
 from ops.coke_state import CokeState
 from training_utils import TINY, metrics, run
 
@@ -191,7 +191,8 @@ def test_three_stage2_epochs_follow_the_reference_with_an_eviction_and_an_exact_
 
 
 def test_legacy_stage2_rule_keeps_the_online_centres():
-    state = CokeState(**STATE_KWARGS, seed=3, stage2_rule="legacy")
+    rule = EarlierStage2(STATE_KWARGS["num_instances"], 2, STATE_KWARGS["stage2_slots"], 10, STATE_KWARGS["dim"])
+    state = CokeState(**STATE_KWARGS, seed=3, stage2=rule)
     epochs = list(trace_epochs(40, 8, batch=10, epochs=2))
     for x, ids in epochs[0]:
         state.step(x, ids)
@@ -202,8 +203,6 @@ def test_legacy_stage2_rule_keeps_the_online_centres():
     assert torch.allclose(state.centers.norm(dim=1), torch.ones(10))  # renormalised every batch
     state.end_epoch()
     assert torch.equal(state.centers, state.prev_centers)  # prev = the epoch's centres (stage-1 rule)
-    with pytest.raises(ValueError, match="stage2_rule"):
-        CokeState(**STATE_KWARGS, stage2_rule="official")
 
 
 # ---------------------------------------------------------------------------------- view loss

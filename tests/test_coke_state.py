@@ -11,6 +11,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from ops.assign import assign, to_local_labels  # noqa: E402
 from ops.coke_state import CokeState, first_occurrence_rows, partition_clusters  # noqa: E402
+from ops.coke_stage2 import EarlierStage2  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +221,7 @@ def test_without_the_restriction_the_same_data_ignores_superclasses(rng):
 def basis_state(num_clusters, slots):
     """The legacy stage-2 rule (label counts); the faithful rule is tested in test_coke_faithful.py."""
     state = CokeState(4, [num_clusters], num_clusters, dual_lr=0.0, kernel="torch", stage2_slots=slots,
-                      stage2_rule="legacy")
+                      stage2=EarlierStage2(4, 1, slots, num_clusters, num_clusters))
     state.centers.copy_(torch.eye(num_clusters))
     return state
 

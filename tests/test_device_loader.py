@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.datasets import ImageDataset, LabeledImages, collate_batched
+from datamodules.datasets import ImageDataset, collate_batched
 from datamodules.device_loader import DeviceBatches
 from datamodules.sampling import EpochSeededSampler
 

@@ -3,7 +3,6 @@ import json
 import math
 from pathlib import Path
 
-import pytest
 import torch
 
 import evaluate

@@ -57,7 +57,7 @@ def clustering(m: CoKeConfig, run: Run, data_info: dict) -> CokeState:
         data_info["num_train"], list(m.num_clusters), run.dim, ratio=m.ratio, dual_lr=m.dual_lr, kernel=m.kernel.value,
         max_scores=m.max_scores, precision=m.assign_precision.value, seed=run.seed,
         stage2_slots=m.stage2_slots if m.stage2_epochs else 0,
-        stage2_temperature=m.stage2_temperature, stage2_rule=m.stage2_rule.value,
+        stage2_temperature=m.stage2_temperature,
         superclass_sizes=data_info.get("superclass_sizes") if coarse else None,
         center_carry=fraction, stage2=center_rule(m, data_info["num_train"], run.dim),
         carry=CarriedMembers(fraction) if fraction else EpochReset())

@@ -113,9 +113,7 @@ class CoKeConfig(MethodConfig):
     projection_weight: float = 0.0
     proj_last_bn: bool = True  # the paper's BatchNorm at the end of the projection
     alpha: float = 0.2  # two views: weight of the one-hot CE against the swapped soft CE
-    view_loss: ViewLoss = ViewLoss.legacy  # two views: legacy is the default (RESULTS.md ledger: "view_loss")
     large_crop_weight: float = 0.5  # view_loss=faithful with small crops: β of the large crops' loss
-    stage2_epochs: int = 0  # one view: last epochs train on soft targets averaged over epochs
     stage2_slots: int = 5
     stage2_temperature: float = 0.5
     stage2_rule: Stage2Rule = Stage2Rule.faithful
@@ -123,6 +121,10 @@ class CoKeConfig(MethodConfig):
     kernel: Kernel = Kernel.auto
     assign_precision: AssignPrecision = AssignPrecision.ieee  # the Triton assignment's GEMM (the torch path is fp32)
     max_scores: int = 4194304  # torch path: most B×K scores held at once
+    # ---- the official code's options whose default here departs from the paper (a ledger row each) ----
+    view_loss: ViewLoss = ViewLoss.legacy  # two views: `faithful` is the paper's (RESULTS.md ledger: "view_loss")
+    stage2_epochs: int = 0  # one view: the paper's last stage (soft targets averaged over epochs) is off (ledger:
+    # "stage 2 off"); > 0 trains the last `stage2_epochs` epochs on them, by `stage2_rule`
     # ---- departures from the paper, one section each; its docstring's ledger row, its objects in
     # lightning_modules/coke/<section>.py, except clean_view (assignment.py, the slot it fills) and carried_members
     # (ops/coke_carry.py: a rule of the clustering state, which lives below the method) ----
