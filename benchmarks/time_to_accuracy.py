@@ -168,10 +168,13 @@ class Budget(pl.Callback):
             return  # within 5%: keep the schedule steady rather than chase timing noise
         optim_cfg = pl_module.cfg.optim
         steps = trainer.num_training_batches
+        schedule_epoch = pl_module.schedule_steps_per_epoch(steps)
         if self.warmup is None:
-            self.warmup = min(optim_cfg.warmup_epochs, max(1, epochs // 10))
-        schedule = partial(warmup_cosine, total_steps=epochs * steps, warmup_steps=int(self.warmup * steps),
-                           zero_steps=pl_module.zero_lr_epochs * steps, min_ratio=optim_cfg.min_lr_ratio)
+            # A method that counts its schedule in images (SeCu) keeps its warm-up; the others' is cut to a tenth.
+            own = bool(pl_module.schedule_epoch_images)
+            self.warmup = optim_cfg.warmup_epochs if own else min(optim_cfg.warmup_epochs, max(1, epochs // 10))
+        schedule = partial(warmup_cosine, total_steps=epochs * steps, warmup_steps=int(self.warmup * schedule_epoch),
+                           zero_steps=pl_module.zero_lr_epochs * schedule_epoch, min_ratio=optim_cfg.min_lr_ratio)
         scheduler = trainer.lr_scheduler_configs[0].scheduler
         # Groups that keep their lr (SeCu's centres: constant_lr) keep it; the others follow the fitted schedule.
         scheduler.lr_lambdas = [f if f is constant_lr else schedule for f in scheduler.lr_lambdas]

@@ -198,9 +198,7 @@ class PretrainModule(pl.LightningModule):
             group.setdefault("lr", lr)
         optimizer = build_optimizer(optim_cfg, groups, lr, on_cuda=self.device.type == "cuda")
         total = int(self.trainer.estimated_stepping_batches)
-        steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
-        if self.schedule_epoch_images:
-            steps_per_epoch = max(1, self.schedule_epoch_images // global_batch)  # an epoch of that many images
+        steps_per_epoch = self.schedule_steps_per_epoch(max(1, total // max(1, self.trainer.max_epochs or 1)))
         schedule = partial(
             warmup_cosine, total_steps=total, warmup_steps=int(optim_cfg.warmup_epochs * steps_per_epoch),
             zero_steps=self.zero_lr_epochs * steps_per_epoch, min_ratio=optim_cfg.min_lr_ratio,
@@ -213,6 +211,13 @@ class PretrainModule(pl.LightningModule):
         }
         scheduler = LambdaLR(optimizer, [schedule if g.get("scheduled", True) else constant_lr for g in groups])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def schedule_steps_per_epoch(self, loader_steps: int) -> int:
+        """Steps in one epoch of the lr-0 phase and the warm-up: the loader's epoch, or `schedule_epoch_images`
+        images when the method counts them in images."""
+        if self.schedule_epoch_images:
+            return max(1, self.schedule_epoch_images // self.global_batch_size())
+        return loader_steps
 
     def on_train_start(self) -> None:
         info = getattr(self, "lr_scaling", {})

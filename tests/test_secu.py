@@ -15,7 +15,7 @@ from configs.loader import load_config, to_plain
 from lightning_modules.secu import STATE, SeCu
 from ops.assign import assign, label_histogram
 from ops.secu import center_loss, mixed_targets, representation_loss, size_dual_step, size_dual_targets
-from training_utils import TINY, metrics, run
+from training_utils import TINY, load_benchmark, metrics, run
 
 CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "pretrain" / "secu_cifar10.yaml")
 OFFSETS = [0, 3, 5]  # two heads, K = 3 and 2, stacked
@@ -194,6 +194,31 @@ def test_the_frozen_phase_and_warm_up_count_official_epochs_of_images(images, ba
     _, run_epochs = _configure(_module(f"data.batch_size={batch}", "method.schedule_epoch_images=0", tiny=False,
                                        num_train=images), steps_per_epoch, epochs)
     assert run_epochs["decay"](steps_per_epoch - 1) == 0.0 < run_epochs["decay"](steps_per_epoch)  # one run epoch
+
+
+def test_a_budget_run_refits_the_schedule_but_keeps_the_frozen_phase_and_warm_up_in_images():
+    """benchmarks/time_to_accuracy.py (budget.py's rows) refits the schedule's length to the time left after each
+    epoch; SeCu's lr-0 phase and warm-up stay those of configure_optimizers (official epochs of images), and its
+    centres keep their constant lr."""
+    from lightning_modules.optim import constant_lr
+
+    budget_callback = load_benchmark("time_to_accuracy").Budget
+    batch, steps = 64, 39  # 2,500 images at batch 64
+    module = _module(f"data.batch_size={batch}", tiny=False, num_train=2500)
+    _, lr = _configure(module, steps, 300)
+    names, scheduler = list(lr), SimpleNamespace(lr_lambdas=list(lr.values()))
+    trainer = SimpleNamespace(current_epoch=2, num_training_batches=steps, fit_loop=SimpleNamespace(max_epochs=300),
+                              lr_scheduler_configs=[SimpleNamespace(scheduler=scheduler)])
+    module.trainer = SimpleNamespace(world_size=1, accumulate_grad_batches=1)
+    callback = budget_callback(minutes=30, eval_every=1, fit_schedule=True, datamodule=None, precision="32")
+    callback.epoch_seconds = [5.0, 5.0, 5.0]
+    callback.stretch_schedule(trainer, module, now=15.0)  # 1,785 s left at 5 s an epoch: 3 done + 357
+    assert trainer.fit_loop.max_epochs == 360
+    net = scheduler.lr_lambdas[names.index("decay")]
+    frozen, warm = 50000 // batch, 10 * (50000 // batch)
+    assert net(frozen - 1) == 0.0 < net(frozen) == 1 / warm and net(frozen + warm - 1) == 1.0
+    assert net(360 * steps - 1) < 0.01  # the cosine ends with the refitted run
+    assert scheduler.lr_lambdas[names.index("centers")] is constant_lr
 
 
 @pytest.mark.parametrize("batch, accumulate, rates_at_batch, center_lr, dual_lr", [
