@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import io
 import json
-import re
 import statistics
 import sys
 import time
@@ -44,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import evaluate  # noqa: E402
+from benchmarks.run_options import add_override_options, split_overrides  # noqa: E402
 from benchmarks.time_to_accuracy import Budget  # noqa: E402
 from configs.loader import ConfigError, load_config, to_plain  # noqa: E402
 from datamodules import PretrainDataModule  # noqa: E402
@@ -83,9 +83,7 @@ def parse_args(argv):
     p.add_argument("--device", default="", help="cpu | cuda (default: cuda when available)")
     p.add_argument("--precision", default="", help="default: the config's on CUDA, 32 on the CPU")
     p.add_argument("--out", default="runs/budget")
-    p.add_argument("--set", nargs="*", default=[], dest="overrides", help="key=value for every row's pretraining")
-    p.add_argument("--eval-set", nargs="*", default=[], dest="eval_overrides", help="key=value for evaluate.py")
-    p.add_argument("--threads", type=int, default=0)
+    add_override_options(p)
     p.add_argument("--csv", action="store_true", help="log every row to <out>/<row>-seed<S>/csv/metrics.csv (CoKe's "
                    "clustering dashboard: label churn, cluster sizes, fraction under the bound, duals, NMI)")
     args = p.parse_args(argv)
@@ -95,7 +93,7 @@ def parse_args(argv):
         config, _, extra = rest.partition(":")
         if not name or not config:
             p.error(f"--variant {spec!r}: expected NAME=CONFIG:key=value,key=value")
-        rows[name] = (config, [kv for kv in re.split(r",(?=[A-Za-z_][\w.]*=)", extra) if kv])  # [a,b] stays whole
+        rows[name] = (config, split_overrides(extra))
     unknown = [r for r, (config, _) in rows.items() if not (REPO / "configs" / "pretrain" / f"{config}.yaml").is_file()]
     if unknown:
         p.error(f"rows without a config: {unknown}; known rows: {', '.join(ROWS)}")

@@ -31,6 +31,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.run_options import add_override_options  # noqa: E402
+
 # row -> (config, what it uses)
 ROWS = {
     "coarse-ce": ("supervised_coarse_cifar10", "superclass labels"),
@@ -56,9 +58,7 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from {', '.join(ROWS)}")
     p.add_argument("--out", default="runs/coarse_to_fine")
-    p.add_argument("--set", nargs="*", default=[], dest="overrides", help="key=value for every row's pretraining")
-    p.add_argument("--eval-set", nargs="*", default=[], dest="eval_overrides", help="key=value for evaluate.py")
-    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    add_override_options(p)
     args = p.parse_args(argv)
     args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [r for r in args.rows if r not in ROWS]

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import sys
 import time
@@ -47,6 +46,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import budget  # noqa: E402  (benchmarks/budget.py: its clock, evaluate.py scoring and kNN-200 picking)
+from benchmarks.run_options import split_overrides  # noqa: E402
 from configs.loader import load_config, to_plain  # noqa: E402
 from datamodules import PretrainDataModule  # noqa: E402
 from lightning_modules.registry import method_class, method_schemas  # noqa: E402
@@ -279,7 +279,7 @@ def parse_args(argv):
         if not name or base not in ROWS:
             p.error(f"--variant {spec!r}: expected NAME=ROW:key=value,key=value with ROW one of {', '.join(ROWS)}")
         ROWS[name] = (ROWS[base][0], f"{ROWS[base][1]}, variant")
-        VARIANTS[name] = (base, [kv for kv in re.split(r",(?=[A-Za-z_][\w.]*=)", extra) if kv])
+        VARIANTS[name] = (base, split_overrides(extra))
         args.rows.append(name)
     unknown = [r for r in args.rows if r not in ROWS]
     if unknown:

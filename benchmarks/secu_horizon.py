@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 
 import evaluate  # noqa: E402
 import train  # noqa: E402
+from benchmarks.run_options import add_override_options, split_overrides  # noqa: E402
 
 CONFIG = REPO / "configs" / "pretrain" / "secu_cifar10.yaml"
 CPU_RUN = ["data.num_workers=0", "data.pin_memory=false", "data.eval_subset=50", "logger.kind=csv",
@@ -63,16 +64,14 @@ def parse_args(argv):
     p.add_argument("--no-official", action="store_true", help="only the --variant rows")
     p.add_argument("--no-random", action="store_true", help="skip the random-init reference")
     p.add_argument("--out", default="runs/secu_horizon")
-    p.add_argument("--set", nargs="*", default=[], dest="overrides", help="key=value for every pretraining run")
-    p.add_argument("--eval-set", nargs="*", default=[], dest="eval_overrides", help="key=value for evaluate.py")
-    p.add_argument("--threads", type=int, default=1)
+    add_override_options(p, threads=1)
     args = p.parse_args(argv)
     args.rows = {} if args.no_official else {"official": []}
     for spec in args.variant:
         name, _, extra = spec.partition("=")
         if not name or not extra:
             p.error(f"--variant {spec!r}: expected NAME=key=value,key=value")
-        args.rows[name] = [kv for kv in re.split(r",(?=[A-Za-z_][\w.]*=)", extra) if kv]  # [a,b] stays whole
+        args.rows[name] = split_overrides(extra)
     return args
 
 
