@@ -56,6 +56,12 @@ PHASES = {
 }
 
 
+def later_phase_run(method: str) -> tuple[str, list[str]]:
+    """The method's config and the overrides that run it through its later phases in EPOCHS x BATCHES steps."""
+    config, overrides = METHODS[method]
+    return config, [*overrides, f"trainer.max_epochs={EPOCHS}", "optim.warmup_epochs=1", *PHASES.get(method, [])]
+
+
 class Phases(pl.Callback):
     """What each step ran under, read on the host only (a tensor read here would be filed under the step): its epoch,
     the first parameter group's lr, and CoKe's stage 2. Keeps the module for checks after the run."""
@@ -134,11 +140,9 @@ def assert_later_phases_entered(method: str, phases: Phases, run_dir) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_no_host_reads_between_logging_steps(method, tmp_path, cifar10_tar, cache_dir, monkeypatch, one_thread):
-    config, overrides = METHODS[method]
+    config, overrides = later_phase_run(method)
     phases = Phases()
-    reads = train_counting_reads(config, [*overrides, f"trainer.max_epochs={EPOCHS}", "optim.warmup_epochs=1",
-                                          *PHASES.get(method, [])],
-                                 tmp_path, cifar10_tar, cache_dir, monkeypatch, callbacks=(phases,))
+    reads = train_counting_reads(config, overrides, tmp_path, cifar10_tar, cache_dir, monkeypatch, callbacks=(phases,))
     assert reads.steps == set(range(EPOCHS * BATCHES))  # the tracker saw every training step
     assert_later_phases_entered(method, phases, next((tmp_path / "reads").iterdir()))
     assert reads_outside_logging(reads) == {}
