@@ -104,41 +104,72 @@ FITS = {
     "coins_cifar10": ["method.queue_size=512"],
     "coke_coarse_cifar10": ["method.num_clusters=[20,40]"],  # bound r·N/K = 20 and 10 at N = 1,000
 }
-# How far the online coarse probe must beat always answering the commonest superclass (0.6 here), and how far the last
-# epoch's mean loss must sit under the first's, per config: each under the worst of COKE_TEST_SEED 0-4
-# (benchmarks/test_margins.py, 2026-12-03) with a margin. Worst coarse over the majority: CoKe coarse +0.068, the others
-# +0.178 (supervised coarse) to +0.186. Worst loss drop: supervised coarse 0.125, supervised fine 0.247, SupCon 0.160,
-# CoIns 0.123; CoKe's first epoch runs at lr 0 with no targets (its loss rises), so it has no loss-drop threshold.
-COARSE_OVER_MAJORITY = {"coke_coarse_cifar10": 0.03}
-COARSE_OVER_MAJORITY_DEFAULT = 0.12
-LOSS_DROP = {"supervised_coarse_cifar10": 0.06, "supervised_fine_cifar10": 0.12, "supcon_coarse_cifar10": 0.08,
-             "coins_cifar10": 0.06}
+# Learning is measured against the lr-0 control (the same fit at lr 0 for all but the online probe): how much further
+# the fit's loss falls than the control's from the first epoch to the last. Each threshold sits under the worst of
+# COKE_TEST_SEED 0-9 (benchmarks/test_margins.py, 2026-12-07; seeds 5-9 under AVX2 kernels):
+LOSS_DROP_OVER_LR0 = {  # the fit's loss drop minus its control's; worst of seeds 0-9 (the control's own: -0.28 to +0.15)
+    "supervised_coarse_cifar10": 0.06,  # 0.110
+    "supervised_fine_cifar10": 0.12,  # 0.244
+    "supcon_coarse_cifar10": 0.08,  # 0.144
+    "coins_cifar10": 0.2,  # 0.333 (CoIns' control rises as its queue fills)
+    # CoKe's first epoch is the clustering initialisation at lr 0 with no targets, so both losses rise after it
+    "coke_coarse_cifar10": 0.15,  # 0.306
+}
+# The online probes gain over the control at most seeds, but not at all (coarse, worst of seeds 0-9: supervised coarse
+# +0.017, supervised fine +0.007, SupCon -0.012, CoIns +0.001, CoKe coarse -0.103): 3 epochs on 1,000 images move the
+# 2,000-image probes by about their noise, so they are collapse guards below, not learning claims. CoKe with coarse
+# labels also learns its superclass head: the last epoch's mean coarse cross-entropy falls under the control's (at
+# about ln 2) by 0.046 or more, and under the entropy of the 60/40 prior (0.673, what predicting the prior alone
+# scores) by 0.024 or more.
+COARSE_CE_UNDER_LR0 = 0.025
+COARSE_CE_UNDER_PRIOR = 0.01
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config", list(FITS))
 def test_short_fit_on_cifar10_learns(config, tmp_path, cifar10_tar, cache_dir):
-    run_dir = run(str(CONFIGS / f"{config}.yaml"), tmp_path, cifar10_tar, cache_dir, *FITS[config],
-                  "data.subset=100", "trainer.max_epochs=3", "trainer.check_val_every_n_epoch=3", "optim.lr=0.3",
-                  "optim.probe_lr=0.5", "logger.log_every_n_steps=1", "logger.view_grid_every_n_epochs=0")
+    # The probes are scored on 2,000 test images: a fit and its control differ by a few points, which the noise of
+    # TINY's 500 (about 2 points a run) would blur.
+    fit = (*FITS[config], "data.subset=100", "trainer.max_epochs=3", "trainer.check_val_every_n_epoch=3", "optim.lr=0.3",
+           "optim.probe_lr=0.5", "logger.log_every_n_steps=1", "logger.view_grid_every_n_epochs=0",
+           "data.eval_subset=200")
+    run_dir = run(str(CONFIGS / f"{config}.yaml"), tmp_path, cifar10_tar, cache_dir, *fit)
+    # The lr-0 control: the same 3 epochs at lr 0 for all but the online probe (probe_lr is its own), so its backbone
+    # stays at random init with BatchNorm statistics adapted to the images, and its probe trains as long.
+    control = metrics(run(str(CONFIGS / f"{config}.yaml"), tmp_path / "lr0", cifar10_tar, cache_dir, *fit,
+                          "optim.lr=0.0"))
     m = metrics(run_dir)
     assert all(math.isfinite(v) for v in m["train/loss"])
     steps = len(m["train/loss"]) // 3
-    first, last = sum(m["train/loss"][:steps]) / steps, sum(m["train/loss"][-steps:]) / steps
+
+    def drop(losses: list[float]) -> float:  # the first epoch's mean loss minus the last's
+        return (sum(losses[:steps]) - sum(losses[-steps:])) / steps
+
     majority = majority_share(run_dir)
-    coarse_ce = f" {config}_coarse_ce={m['train/coarse_ce'][-1]:.4f}" if "coke" in config else ""
-    print(f"MEASURED {config}_coarse={m['online/coarse_acc1'][-1]:.4f} {config}_fine={m['online/fine_acc1'][-1]:.4f}"
-          f" {config}_coarse_over_majority={m['online/coarse_acc1'][-1] - majority:.4f}"
-          f" {config}_loss_drop={first - last:.4f}" + coarse_ce)
-    if config in LOSS_DROP:
-        assert last < first - LOSS_DROP[config], (first, last)
-    # The superclass target (vehicles / animals) is learnable in 3 epochs; always answering "animals" scores the
-    # majority share (0.6). Chance on fine is 0.1. Worst fine of COKE_TEST_SEED 0-4: 0.154 (coke_coarse; 0.142 in RESULTS.md).
-    margin = COARSE_OVER_MAJORITY.get(config, COARSE_OVER_MAJORITY_DEFAULT)
-    assert m["online/coarse_acc1"][-1] > majority + margin, (m["online/coarse_acc1"][-1], majority)
-    assert m["online/fine_acc1"][-1] > 0.12
+    coarse, fine = m["online/coarse_acc1"][-1], m["online/fine_acc1"][-1]
+    gain = {level: m[f"online/{level}_acc1"][-1] - control[f"online/{level}_acc1"][-1] for level in ("coarse", "fine")}
+    measured = (f"MEASURED {config}_coarse={coarse:.4f} {config}_fine={fine:.4f}"
+                f" {config}_coarse_over_majority={coarse - majority:.4f} {config}_loss_drop={drop(m['train/loss']):.4f}"
+                f" {config}_coarse_over_lr0={gain['coarse']:.4f} {config}_fine_over_lr0={gain['fine']:.4f}"
+                f" {config}_lr0_coarse_over_majority={control['online/coarse_acc1'][-1] - majority:.4f}"
+                f" {config}_lr0_fine={control['online/fine_acc1'][-1]:.4f}"
+                f" {config}_lr0_loss_drop={drop(control['train/loss']):.4f}"
+                f" {config}_loss_drop_over_lr0={drop(m['train/loss']) - drop(control['train/loss']):.4f}")
+    prior = -(0.6 * math.log(0.6) + 0.4 * math.log(0.4))  # the superclass prior's entropy (600 / 400 images)
     if "coke" in config:
-        assert m["train/coarse_ce"][-1] < math.log(2)
+        ce = sum(m["train/coarse_ce"][-steps:]) / steps
+        ce0 = sum(control["train/coarse_ce"][-steps:]) / steps
+        measured += (f" {config}_coarse_ce={ce:.4f} {config}_coarse_ce_under_prior={prior - ce:.4f}"
+                     f" {config}_coarse_ce_under_lr0={ce0 - ce:.4f}")
+    print(measured)
+    assert drop(m["train/loss"]) - drop(control["train/loss"]) > LOSS_DROP_OVER_LR0[config]
+    if "coke" in config:
+        assert ce < ce0 - COARSE_CE_UNDER_LR0 and ce < prior - COARSE_CE_UNDER_PRIOR, (ce, ce0, prior)
+    # Guards against a collapse, not learning claims (the lr-0 control passes them too: coarse 0.09 to 0.18 over the
+    # majority share of 0.6, fine 0.196 to 0.248): the coarse probe beats always answering "animals", and the fine
+    # probe beats chance (0.1). Worst of seeds 0-9: coarse +0.065 over the majority, fine 0.156 (CoKe coarse).
+    assert coarse > majority + 0.03, (coarse, majority)
+    assert fine > 0.12
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["hyper_parameters"]["data_info"]["superclass_sizes"] == [600, 400]
 

@@ -1,6 +1,9 @@
-"""One-view CoKe learns on real CIFAR-10: the loss falls under the size bound with its dashboard logged; with the
-paper's rules a short fit does not fall behind a random-init backbone on the online fine probe (at this budget it
-does not reliably beat it: see the margins below), and with quick.yaml's setting its frozen features beat it."""
+"""One-view CoKe learns on real CIFAR-10: its loss falls further than its lr-0 control's under the size bound, with
+its dashboard logged; with quick.yaml's setting its frozen features beat random init and the lr-0 control.
+
+The paper's rules have no learning test here: at this file's budget (25 epochs on 2,500 images at lr 1.6) their frozen
+kNN-20 is level with the lr-0 control, -2.7 to +1.7 points over COKE_TEST_SEED 0-9 (benchmarks/RESULTS.md §7); they
+clear it at a longer horizon (§1) and are held to the official code's numbers step by step (test_coke_faithful.py)."""
 import json
 from pathlib import Path
 
@@ -17,19 +20,36 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def test_one_view_fit_learns_keeps_the_bound_and_logs_the_dashboard(tmp_path, cifar10_tar, cache_dir):
-    run_dir = run(ONE_VIEW, tmp_path, cifar10_tar, cache_dir, "data.subset=80", "method.num_clusters=[16,32]",
-                  "trainer.max_epochs=4", "trainer.check_val_every_n_epoch=4", "logger.log_every_n_steps=1",
-                  "optim.probe_lr=0.5")
+    fit = ("data.subset=80", "method.num_clusters=[16,32]", "trainer.max_epochs=4", "trainer.check_val_every_n_epoch=4",
+           "logger.log_every_n_steps=1", "optim.probe_lr=0.5")
+    run_dir = run(ONE_VIEW, tmp_path, cifar10_tar, cache_dir, *fit)
+    # The lr-0 control: the same 4 epochs at lr 0 for all but the online probe. Its clusters are those of random-init
+    # features with BatchNorm statistics adapted to the images, which alone carry some class information.
+    control = metrics(run(ONE_VIEW, tmp_path / "lr0", cifar10_tar, cache_dir, *fit, "optim.lr=0.0"))
     m = metrics(run_dir)
     steps = 800 // 64
     losses = m["train/loss"]
     assert len(losses) == 4 * steps
     assert losses[:steps] == [0.0] * steps  # epoch 0: no previous labels yet, nothing to predict
     first, last = sum(losses[steps:2 * steps]) / steps, sum(losses[-steps:]) / steps
+    control_losses = control["train/loss"]
+    control_drop = sum(control_losses[steps:2 * steps]) / steps - sum(control_losses[-steps:]) / steps
     print(f"MEASURED coke_tiny_loss_drop={first - last:.4f} coke_tiny_fine={m['online/fine_acc1'][-1]:.4f} "
-          f"coke_tiny_nmi_fine={m['coke/nmi_fine'][-1]:.4f}")
-    assert last < first - 0.1, (first, last)
-    # Chance is 0.1. COKE_TEST_SEED 0-4 (RESULTS.md): fine 0.154 to 0.216, loss drop 0.278 to 0.491, NMI 0.054 to 0.077.
+          f"coke_tiny_lr0_loss_drop={control_drop:.4f} "
+          f"coke_tiny_nmi_fine={m['coke/nmi_fine'][-1]:.4f} coke_tiny_lr0_nmi_fine={control['coke/nmi_fine'][-1]:.4f} "
+          f"coke_tiny_nmi_over_lr0={m['coke/nmi_fine'][-1] - control['coke/nmi_fine'][-1]:.4f} "
+          f"coke_tiny_lr0_fine={control['online/fine_acc1'][-1]:.4f} "
+          f"coke_tiny_fine_over_lr0={m['online/fine_acc1'][-1] - control['online/fine_acc1'][-1]:.4f} "
+          f"coke_tiny_loss_drop_over_lr0={first - last - control_drop:.4f}")
+    # Learning: the loss falls from the first epoch with targets to the last by more than the control's does. The
+    # fit's drop minus the control's, COKE_TEST_SEED 0-9 (benchmarks/test_margins.py, 2026-12-07; 5-9 under AVX2
+    # kernels): 0.551, 0.263, 0.331, 0.442, 0.353, 0.311, 0.260, 0.538, 0.309, 0.485 (the control's own: -0.19 to +0.02;
+    # its centres and labels still move).
+    assert (first - last) - control_drop > 0.15, (first, last, control_drop)
+    # A guard against a collapse, not a learning claim: the online fine probe beats chance (0.1). Three gradient
+    # epochs on 800 images leave it level with or below the lr-0 control's (0.162 to 0.220 against 0.218 to 0.266;
+    # -7.6 to +0.2 points at seeds 0-9): the learning claims on features are test_quick_setting_beats_a_random_init_backbone_on_
+    # frozen_knn's, against random init and the lr-0 control.
     assert m["online/fine_acc1"][-1] > 0.13
 
     seen = steps * 64
@@ -46,7 +66,11 @@ def test_one_view_fit_learns_keeps_the_bound_and_logs_the_dashboard(tmp_path, ci
         assert m[f"coke/h{head}_changed"][0] == 0.0 and 0 < m[f"coke/h{head}_changed"][-1] <= 1
     for level in ("fine", "coarse"):
         assert len(m[f"coke/nmi_{level}"]) == 4 and all(0 <= v <= 1 for v in m[f"coke/nmi_{level}"])
-    assert m["coke/nmi_fine"][-1] > 0.01
+    # The clustering works on the features: NMI with the fine classes above what a random balanced assignment of the
+    # 768 images into 16 clusters gets (mean 0.036, 99th percentile 0.049 over 400 draws). Not a learning claim: the
+    # lr-0 control's clusters of random-init features score 0.044 to 0.083, level with the fit's (0.057 to 0.073;
+    # over the control -0.014 to +0.021 at COKE_TEST_SEED 0-9).
+    assert m["coke/nmi_fine"][-1] > 0.046
 
     # benchmarks/coke_churn.py reads the run: fractions of disagreeing labels, per head, with and without duals.
     churn = load_benchmark("coke_churn")
@@ -71,32 +95,9 @@ QUICK_DEPARTURES = ("augment.clean_view=true", "method.clean_view.assign_on=clea
                     "method.init_epochs=0", "method.projection_weight=1.0", "augment.min_scale=0.5",
                     "method.soft_target.weight=0.3", "method.instance_term.weight=10.0", "optim.name=lars",
                     "optim.lr=1.2")
-# 25 epochs on 2,500 images, clusters bounded at 20 and 10 instances; the online-probe tests add their probe.
+# 25 epochs on 2,500 images, clusters bounded at 20 and 10 instances.
 TRAIN_BUDGET = ("data.subset=250", "method.num_clusters=[50,100]", "trainer.max_epochs=25",
                 "trainer.check_val_every_n_epoch=25")
-GAIN_BUDGET = (*TRAIN_BUDGET, "data.eval_subset=500", "optim.probe_lr=0.5")
-
-
-def online_fine_acc_trained_and_at_random_init(tmp_path, cifar10_tar, cache_dir, *overrides: str) -> tuple[float, float]:
-    """The last online fine probe of one-view CoKe (GAIN_BUDGET + overrides), and of the same run at lr 0."""
-    def fine_acc(name: str, *extra: str) -> float:
-        run_dir = run(ONE_VIEW, tmp_path / name, cifar10_tar, cache_dir, *GAIN_BUDGET, *overrides, *extra)
-        return metrics(run_dir)["online/fine_acc1"][-1]
-
-    return fine_acc("coke"), fine_acc("random", "optim.lr=0.0")
-
-
-def test_one_view_fit_stays_level_with_or_above_a_random_init_backbone_on_the_online_fine_probe(tmp_path, cifar10_tar, cache_dir):
-    """Same data, probe, schedule and seed; the baseline run has lr 0 for everything but the probe, so its
-    backbone stays at random init (only BN statistics move)."""
-    trained, random_init = online_fine_acc_trained_and_at_random_init(tmp_path, cifar10_tar, cache_dir, "optim.lr=1.6")
-    print(f"online fine acc: CoKe {trained:.3f}, random init {random_init:.3f}")
-    print(f"MEASURED coke_online_gain_over_random={trained - random_init:.4f}")
-    # Measured on cpu2 (benchmarks/RESULTS.md, "CoKe at small budgets"), COKE_TEST_SEED 0-4, in points:
-    # +1.8, +2.7, +3.1, +1.7, +0.1. The worst seed is level with random init, so at this budget the test cannot
-    # assert a gain without failing by luck: it guards against a regression (a collapse or a broken update
-    # falls far below random init, e.g. 11.6% without the predictor) with a margin of 1.6 points under the worst seed.
-    assert trained > random_init - 0.015, (trained, random_init)
 
 
 def frozen_knn_fine(spec, out: Path, cifar10_tar: Path, cache_dir: Path, *extra: str) -> float:

@@ -19,21 +19,37 @@ SIMCLR = "configs/pretrain/simclr_cifar10.yaml"
 
 def test_simclr_fit_learns_and_probe_beats_chance(tmp_path, cifar10_tar, cache_dir):
     assert torch.get_num_threads() == 1  # as audited
-    run_dir = run(SIMCLR, tmp_path, cifar10_tar, cache_dir, "data.subset=100", "trainer.max_epochs=5",
-                  "trainer.check_val_every_n_epoch=5", "optim.lr=1.0", "optim.probe_lr=0.5", "logger.log_every_n_steps=1")
+    fit = ("data.subset=100", "trainer.max_epochs=5", "trainer.check_val_every_n_epoch=5", "optim.lr=1.0",
+           "optim.probe_lr=0.5", "logger.log_every_n_steps=1")
+    run_dir = run(SIMCLR, tmp_path, cifar10_tar, cache_dir, *fit)
+    # The lr-0 control: the same 5 epochs at lr 0 for all but the probe (probe_lr is its own), so its backbone stays
+    # at random init with BatchNorm statistics adapted to the images, and its online probe trains as long.
+    control = metrics(run(SIMCLR, tmp_path / "lr0", cifar10_tar, cache_dir, *fit, "optim.lr=0.0"))
     m = metrics(run_dir)
     losses = m["train/loss"]
     first, last = sum(losses[:15]) / 15, sum(losses[-15:]) / 15  # first and last epoch
-    print(f"MEASURED simclr_loss_drop={first - last:.4f} simclr_fine={m['online/fine_acc1'][-1]:.4f} "
-          f"simclr_coarse={m['online/coarse_acc1'][-1]:.4f}")
-    assert last < first - 0.1, (first, last)
-    # Chance is 0.1 on 10 balanced classes. COKE_TEST_SEED 0-4 (benchmarks/test_margins.py, RESULTS.md): fine 0.222 to
-    # 0.272, coarse 0.720 to 0.784, loss drop 0.318 to 0.451; each threshold sits ~0.04 or more under the worst seed.
-    assert m["online/fine_acc1"][-1] > 0.18
-    # Always answering the commonest superclass ("animals") scores 0.6 on these labels: the probe must beat that by
-    # 0.08 (the worst seed, 0.720, is 0.12 over it).
+    control_drop = sum(control["train/loss"][:15]) / 15 - sum(control["train/loss"][-15:]) / 15
     majority = majority_share(run_dir)
-    assert m["online/coarse_acc1"][-1] > majority + 0.08, (m["online/coarse_acc1"][-1], majority)
+    gain = {level: m[f"online/{level}_acc1"][-1] - control[f"online/{level}_acc1"][-1] for level in ("fine", "coarse")}
+    print(f"MEASURED simclr_loss_drop={first - last:.4f} simclr_fine={m['online/fine_acc1'][-1]:.4f} "
+          f"simclr_coarse={m['online/coarse_acc1'][-1]:.4f} simclr_lr0_fine={control['online/fine_acc1'][-1]:.4f} "
+          f"simclr_lr0_coarse={control['online/coarse_acc1'][-1]:.4f} simclr_fine_over_lr0={gain['fine']:.4f} "
+          f"simclr_coarse_over_lr0={gain['coarse']:.4f} simclr_lr0_coarse_over_majority="
+          f"{control['online/coarse_acc1'][-1] - majority:.4f} simclr_lr0_loss_drop={control_drop:.4f} "
+          f"simclr_loss_drop_over_lr0={first - last - control_drop:.4f}")
+    # Learning: the loss falls further than the control's, whose weights stay at random init (only BatchNorm statistics
+    # and the probes move; its loss still drifts down 0.04 to 0.15). The fit's drop minus the control's,
+    # COKE_TEST_SEED 0-9 (benchmarks/test_margins.py, 2026-12-07; 5-9 under AVX2 kernels): 0.328, 0.317, 0.332, 0.277,
+    # 0.228, 0.216, 0.354, 0.293, 0.387, 0.335.
+    assert (first - last) - control_drop > 0.15, (first, last, control_drop)
+    # The online probes, against the control's: guards against a collapse, not learning claims. Five epochs on 1,000
+    # images leave them level with the lr-0 control (fine -0.030 to +0.042, coarse -0.052 to +0.032 at seeds 0-9),
+    # which itself clears chance (0.1) and the majority share (0.6) by far (fine 0.220 to 0.266, coarse 0.128 to
+    # 0.178 over the majority). A collapsed backbone falls to chance and to the majority (about -0.15 on both). SimCLR's
+    # learning claim on features is test_baseline_learning's (16 epochs, frozen features, against the lr-0 control).
+    assert gain["fine"] > -0.06, (m["online/fine_acc1"][-1], control["online/fine_acc1"][-1])
+    assert gain["coarse"] > -0.1, (m["online/coarse_acc1"][-1], control["online/coarse_acc1"][-1])
+    assert m["online/coarse_acc1"][-1] > majority, (m["online/coarse_acc1"][-1], majority)
     assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert list((run_dir / "views").glob("*.png"))
     assert m["perf/images_per_sec"][-1] > 0
