@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 import shlex
 from dataclasses import dataclass, field
@@ -161,14 +162,18 @@ def read_run_record(run_dir: Path) -> dict:
         return {}
 
 
+# W&B's folder of a run: offline-run-<time>-<id> or run-<time>-<id>, with "-1" added when one of that second exists
+WANDB_RUN_DIR = re.compile(r"(?:offline-)?run-\d{8}_\d{6}-(?P<id>[A-Za-z0-9]+)(?:-\d+)?")
+
+
 def ensure_run_record(run_dir: Path) -> dict:
     """The run's record, written on first use with a W&B run id (an earlier W&B run's id when there is one), and
     the SLURM job that runs it (a requeued job finds its run by it)."""
     record = read_run_record(run_dir)
     before = dict(record)
     if not record.get("wandb_id"):
-        earlier = sorted(run_dir.glob("wandb/*run-*-*"))  # offline-run-<time>-<id> or run-<time>-<id>
-        record["wandb_id"] = earlier[-1].name.rsplit("-", 1)[1] if earlier else secrets.token_hex(4)
+        ids = [m["id"] for p in sorted(run_dir.glob("wandb/*run-*-*")) if (m := WANDB_RUN_DIR.fullmatch(p.name))]
+        record["wandb_id"] = ids[-1] if ids else secrets.token_hex(4)
     if slurm_job_id() and not record.get(SLURM_JOB_KEY):
         record[SLURM_JOB_KEY] = slurm_job_id()
     if record != before:
