@@ -193,5 +193,11 @@ class EarlierStage2(_Slots):
         return self.slot_counts[index, head] / self.slot_steps[index].clamp_min(1).unsqueeze(1)
 
 
+def paper_centers(num_instances: int, num_heads: int, slots: int) -> OnlineCenters:
+    """The centres' rule of the paper and the official code: online centres, and from the last stage on (when it has
+    slots) the official averaged centres."""
+    return OfficialStage2(num_instances, num_heads, slots) if slots > 0 else OnlineCenters()
+
+
 STAGE2_BUFFERS = ("slot_labels", "stage2_started", "center_epochs", "slot_weights", "slot_counts", "slot_steps",
                   "center_sum")

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from .assign import assign, to_local_labels
 from .coke_carry import CarriedMembers, EpochReset
 from .coke_partition import partition_clusters
-from .coke_stage2 import STAGE2_BUFFERS, OfficialStage2, OnlineCenters, slot_soft_targets
+from .coke_stage2 import STAGE2_BUFFERS, OnlineCenters, paper_centers, slot_soft_targets
 from .coke_update import update_clusters_, update_running_means_
 
 
@@ -109,9 +109,7 @@ class CokeState(torch.nn.Module):
         head_size = torch.cat([torch.full((k,), float(k)) for k in self.num_clusters])
         self.register_buffer("head_size_of_cluster", head_size, persistent=False)
         self._init_superclasses(superclass_sizes)
-        # Without a rule object: the official last stage when there are slots, else the paper's online centres.
-        self.stage2 = stage2 if stage2 is not None else (
-            OfficialStage2(num_instances, heads, self.stage2_slots) if self.stage2_slots > 0 else OnlineCenters())
+        self.stage2 = stage2 if stage2 is not None else paper_centers(num_instances, heads, self.stage2_slots)
         self._register_load_state_dict_pre_hook(_stage2_keys_moved)
 
     def _init_superclasses(self, superclass_sizes):

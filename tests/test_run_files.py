@@ -2,11 +2,11 @@
 run continues its W&B run id. Run in a fresh process with its own HOME and cwd."""
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
+from lightning_modules.run.resume import WANDB_RUN_DIR, ensure_run_record
 from tiny_data import tiny_tree, train_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,15 +41,13 @@ def test_wandb_run_stays_in_the_run_directory_and_a_resume_continues_its_id(cifa
     run_id = json.loads((run_dir / "run.json").read_text())["wandb_id"]
     offline_runs = sorted(run_dir.glob("wandb/offline-run-*"))
     # offline-run-<time>-<id>; W&B adds "-1" to the second when both start within the same second
-    same_run = re.compile(rf"offline-run-\d{{8}}_\d{{6}}-{re.escape(run_id)}(-\d+)?")
-    assert len(offline_runs) == 2 and all(same_run.fullmatch(p.name) for p in offline_runs), offline_runs
+    ids = [(m := WANDB_RUN_DIR.fullmatch(p.name)) and m["id"] for p in offline_runs]
+    assert ids == [run_id, run_id], offline_runs
 
 
 def test_a_lost_run_record_recovers_the_wandb_id_from_the_newest_run_folder(tmp_path):
     """Without run.json the id comes from W&B's newest folder, whose name may carry W&B's "-1" for a second run
     started within the same second as the first."""
-    from lightning_modules.run.resume import ensure_run_record
-
     for name in ("offline-run-20261207_210435-3c222d4d", "offline-run-20261207_210435-3c222d4d-1"):
         (tmp_path / "wandb" / name).mkdir(parents=True)
     assert ensure_run_record(tmp_path)["wandb_id"] == "3c222d4d"

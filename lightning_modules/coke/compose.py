@@ -17,7 +17,7 @@ from lightning_modules.coke.soft_target import CleanSoftTarget, HardTarget
 from lightning_modules.coke.target import CurrentLabel, PreviousEpochLabel
 from lightning_modules.coke.views import EarlierTwoViewLoss, OfficialTwoViewLoss, OneView, OneViewWithProjection
 from ops.coke_carry import CarriedMembers, EpochReset
-from ops.coke_stage2 import EarlierStage2, OfficialStage2, OnlineCenters
+from ops.coke_stage2 import EarlierStage2, OnlineCenters, paper_centers
 from ops.coke_state import CokeState
 
 
@@ -42,11 +42,9 @@ def views(m: CoKeConfig, run: Run) -> Views:
 def center_rule(m: CoKeConfig, num_train: int, dim: int) -> OnlineCenters:
     """The centres' rule (ops/coke_stage2.py): the paper's, or with stage-2 slots the named last-stage rule."""
     slots, heads = (m.stage2_slots if m.stage2_epochs else 0), len(m.num_clusters)
-    if slots <= 0:
-        return OnlineCenters()
-    if m.stage2_rule is Stage2Rule.faithful:
-        return OfficialStage2(num_train, heads, slots)
-    return EarlierStage2(num_train, heads, slots, sum(m.num_clusters), dim)
+    if slots > 0 and m.stage2_rule is Stage2Rule.legacy:
+        return EarlierStage2(num_train, heads, slots, sum(m.num_clusters), dim)
+    return paper_centers(num_train, heads, slots)
 
 
 def clustering(m: CoKeConfig, run: Run, data_info: dict) -> CokeState:
