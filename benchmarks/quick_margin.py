@@ -23,11 +23,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import method_table  # noqa: E402
+from configs.loader import load_config  # noqa: E402
+from lightning_modules.registry import method_schemas  # noqa: E402
 
-SUBSET = 500  # quick.yaml's data.subset: images per class
+QUICK = REPO / "configs" / "pretrain" / "quick.yaml"
 
 
-def seed_scores(seed: int, out: Path) -> dict:
+def seed_scores(seed: int, out: Path, quick) -> dict:
+    """quick.yaml (its resolved config `quick`) at `seed`, and the two references, scored; cached per seed."""
     folder = out / f"s{seed}"
     done = folder / "result.json"
     if done.is_file():
@@ -36,10 +39,12 @@ def seed_scores(seed: int, out: Path) -> dict:
     run_dir = folder / "run"
     if not list(run_dir.glob("**/last.ckpt")):
         with open(folder / "train.log", "w") as log:
-            subprocess.run([sys.executable, "train.py", "configs/pretrain/quick.yaml", f"seed={seed}",
+            subprocess.run([sys.executable, "train.py", str(QUICK), f"seed={seed}",
                             f"run_dir={run_dir}"], cwd=REPO, check=True, stdout=log, stderr=subprocess.STDOUT)
     checkpoint = sorted(run_dir.glob("**/last.ckpt"))[-1]
-    args = SimpleNamespace(out=str(folder), subset=SUBSET, eval_subset=0, eval_overrides=[], backbone="resnet10t")
+    # The references share quick.yaml's backbone and its pretraining images (data.subset per class).
+    args = SimpleNamespace(out=str(folder), subset=quick.data.subset, eval_subset=0, eval_overrides=[],
+                           backbone=quick.model.backbone)
     result = {"seed": seed, "quick": method_table.score(str(checkpoint), folder / "quick", args),
               "random": method_table.random_init(seed, args), "bn": method_table.random_bn(seed, args)}
     done.write_text(json.dumps(result, indent=1))
@@ -49,15 +54,15 @@ def seed_scores(seed: int, out: Path) -> dict:
 def table(results: list[dict]) -> str:
     lines = ["| seed | quick kNN-200 / linear | random init | BatchNorm re-estimated | over random | over BatchNorm |",
              "|---:|---|---|---|---|---|"]
-    pair = lambda r, key: (r[key]["knn"], r[key]["linear"])  # noqa: E731
+    margins = []
     for r in results:
-        q, rnd, bn = pair(r, "quick"), pair(r, "random"), pair(r, "bn")
-        lines.append(f"| {r['seed']} | {q[0]:.1f} / {q[1]:.1f} | {rnd[0]:.1f} / {rnd[1]:.1f} | {bn[0]:.1f} / {bn[1]:.1f}"
-                     f" | +{q[0] - rnd[0]:.1f} / +{q[1] - rnd[1]:.1f} | +{q[0] - bn[0]:.1f} / +{q[1] - bn[1]:.1f} |")
-    margins = [(r["quick"]["knn"] - r["bn"]["knn"], r["quick"]["linear"] - r["bn"]["linear"]) for r in results]
-    lines.append(f"\nover BatchNorm alone: mean +{statistics.mean(m[0] for m in margins):.1f} / "
-                 f"+{statistics.mean(m[1] for m in margins):.1f}, worst +{min(m[0] for m in margins):.1f} / "
-                 f"+{min(m[1] for m in margins):.1f} (kNN-200 / linear)")
+        (qk, ql), (rk, rl), (bk, bl) = ((r[key]["knn"], r[key]["linear"]) for key in ("quick", "random", "bn"))
+        margins.append((qk - bk, ql - bl))
+        lines.append(f"| {r['seed']} | {qk:.1f} / {ql:.1f} | {rk:.1f} / {rl:.1f} | {bk:.1f} / {bl:.1f} | "
+                     f"{qk - rk:+.1f} / {ql - rl:+.1f} | {qk - bk:+.1f} / {ql - bl:+.1f} |")
+    knn, linear = zip(*margins)
+    lines.append(f"\nover BatchNorm alone: mean {statistics.mean(knn):+.1f} / {statistics.mean(linear):+.1f}, "
+                 f"worst {min(knn):+.1f} / {min(linear):+.1f} (kNN-200 / linear)")
     return "\n".join(lines)
 
 
@@ -67,7 +72,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(REPO / "runs" / "quick_margin"))
     args = p.parse_args(argv)
     out = Path(args.out)
-    text = table([seed_scores(seed, out) for seed in args.seeds])
+    quick = load_config(QUICK, [], method_schemas())
+    text = table([seed_scores(seed, out, quick) for seed in args.seeds])
     (out / "quick_margin.md").write_text(text + "\n")
     print(text)
     return 0
