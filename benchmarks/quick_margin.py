@@ -43,7 +43,7 @@ def seed_scores(seed: int, out: Path, quick) -> dict:
                             f"run_dir={run_dir}"], cwd=REPO, check=True, stdout=log, stderr=subprocess.STDOUT)
     checkpoint = sorted(run_dir.glob("**/last.ckpt"))[-1]
     # The references share quick.yaml's backbone and its pretraining images (data.subset per class).
-    args = SimpleNamespace(out=str(folder), subset=quick.data.subset, eval_subset=0, eval_overrides=[],
+    args = SimpleNamespace(out=str(folder), subset=int(quick.data.subset), eval_subset=0, eval_overrides=[],
                            backbone=quick.model.backbone)
     result = {"seed": seed, "quick": method_table.score(str(checkpoint), folder / "quick", args),
               "random": method_table.random_init(seed, args), "bn": method_table.random_bn(seed, args)}
