@@ -18,7 +18,8 @@ kNN-20 (cosine, T 0.07). The dashboard is the run's own CSV log at its last epoc
 first head's (K = 10) NMI with the classes, the smallest cluster over the mean size (first head; smallest over the
 heads), the mean raw centre norm, and the network's lr at its last logged step (how far into the warm-up: the peak
 is 0.2 at batch 128).
-The table goes to stdout and <out>/secu_horizon.md, the rows to <out>/secu_horizon.json.
+The table goes to stdout and <out>/secu_horizon.md, the rows to <out>/secu_horizon.json, and the curve (each seed's
+gain over its control against epochs, with the +2-point line) to <out>/secu_horizon.png.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ sys.path.insert(0, str(REPO))
 
 import evaluate  # noqa: E402
 import train  # noqa: E402
+from benchmarks.horizon_plot import horizon_plot  # noqa: E402
 from benchmarks.run_options import add_override_options, split_overrides  # noqa: E402
 
 CONFIG = REPO / "configs" / "pretrain" / "secu_cifar10.yaml"
@@ -157,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     text = header + "\n\n" + markdown(rows)
     (out / "secu_horizon.md").write_text(text + "\n")
     print("\n" + text)
+    figure = horizon_plot(rows, out / "secu_horizon.png", header)
+    if figure is not None:
+        print(f"plot: {figure}")
     return 0
 
 
