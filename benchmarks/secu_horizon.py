@@ -55,6 +55,10 @@ COLUMNS = ["row", "seed", "epochs", "kNN-200", "linear", "kNN-20", "Δ kNN-200",
 FINE = {"churn", "NMI h0", "min/mean h0", "min/mean all", "net lr"}  # printed to 3 decimals, the others to 1
 
 
+class RunFailed(RuntimeError):
+    """train.py or evaluate.py returned non-zero; it has already printed why."""
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, nargs="+", default=[8, 16, 32, 64])
@@ -84,14 +88,14 @@ def pretrain(args, out: Path, seed: int, *overrides: str) -> tuple[Path, float]:
             *args.overrides, *overrides]
     started = time.process_time()
     if train.main(argv) != 0:
-        raise RuntimeError(f"train.py failed: {' '.join(argv)}")
+        raise RunFailed(f"train.py stopped on the run {out.name}")
     return sorted((out / "run").iterdir())[-1], (time.process_time() - started) / 60
 
 
 def score(spec: str, out: Path, args, *extra: str) -> dict[str, float]:
     """evaluate.py on frozen features: {'kNN-200', 'kNN-20', 'linear'} top-1 in %."""
     if evaluate.main([spec, *PROBE, f"out_dir={out}", *extra, *args.eval_overrides]) != 0:
-        raise RuntimeError(f"evaluate.py failed on {spec}")
+        raise RunFailed(f"evaluate.py stopped on {spec}")
     values = {}
     for r in json.loads((out / "report.json").read_text())["results"]:
         if r["level"] == "fine" and r["metric"] == "top1":
@@ -123,18 +127,8 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines + ["| " + " | ".join(cell(c, r.get(c, "")) for c in COLUMNS) + " |" for r in rows])
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows: list[dict] = []
-
-    def report(row: dict) -> None:
-        rows.append(row)
-        print(markdown([row]), flush=True)
-        (out / "secu_horizon.json").write_text(json.dumps(rows, indent=1))
-
+def measure(args, out: Path, report) -> None:
+    """Every seed's random init, and each row's lr-0 control and epochs, handed to `report` as they finish."""
     for seed in args.seeds:
         if not args.no_random:
             values = score("random", out / f"random-seed{seed}", args, f"model.backbone={args.backbone}",
@@ -154,6 +148,25 @@ def main(argv: list[str] | None = None) -> int:
                         "Δ kNN-200": values["kNN-200"] - control["kNN-200"],
                         "Δ linear": values["linear"] - control["linear"], **dashboard(run_dir),
                         "train CPU min": minutes})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+
+    def report(row: dict) -> None:
+        rows.append(row)
+        print(markdown([row]), flush=True)
+        (out / "secu_horizon.json").write_text(json.dumps(rows, indent=1))
+
+    failure = None
+    try:
+        measure(args, out, report)
+    except RunFailed as stopped:  # the rows that finished are still tabled and drawn
+        failure = stopped
     header = (f"secu_cifar10.yaml, {args.backbone} (no CIFAR stem), {args.subset:g} images per class, batch "
               f"{args.batch_size}, CPU {torch.get_num_threads()} thread(s); Δ: over the row's lr-0 control")
     text = header + "\n\n" + markdown(rows)
@@ -162,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     figure = horizon_plot(rows, out / "secu_horizon.png", header)
     if figure is not None:
         print(f"plot: {figure}")
+    if failure is not None:
+        print(f"secu_horizon: {failure}, which said why above; the {len(rows)} row(s) before it are in "
+              f"{out / 'secu_horizon.md'}. Nothing after it ran.", file=sys.stderr)
+        return 1
     return 0
 
 
